@@ -1,0 +1,1 @@
+"""Suites, runner, result store and CLI of maccap-bench."""

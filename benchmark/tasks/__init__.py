@@ -1,0 +1,42 @@
+"""Task registry: a task turns a RunContext into a TaskOutput. Modules below register themselves."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmark.store import RunKey, TaskOutput
+from maccap.registry import Registry
+
+
+@dataclass
+class RunContext:
+    key: RunKey
+    run_dir: Path  # this run's directory: extra files (figures, predictions) go here
+    work_dir: Path  # shared artefacts across runs: world, feature caches, checkpoints
+    data_dir: Path  # the dataset directory (quickstart world or prepared real data)
+    dataset: str  # dataset name as the suite gives it ("quickstart", "coco", ...)
+    params: dict[str, Any] = field(default_factory=dict)  # resolved task parameters from the suite
+    train_seed: int = 0
+    eval_seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+
+TaskFn = Callable[[RunContext], TaskOutput]
+TASKS: Registry[TaskFn] = Registry("task")
+
+# Each module registers its tasks on import; a missing optional module is not an error here.
+_TASK_MODULES = ("clip", "gap", "caption", "vqa")
+
+
+def load_tasks() -> Registry[TaskFn]:
+    for name in _TASK_MODULES:
+        try:
+            importlib.import_module(f"benchmark.tasks.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"benchmark.tasks.{name}":
+                raise
+    return TASKS
