@@ -53,7 +53,8 @@ def ptb_tokenize(texts: list[str], work_dir: Path, java: str, heap: str = "512m"
     finally:
         Path(name).unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"PTBTokenizer failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-500:]}")
+        err = proc.stderr.decode(errors="replace")[-500:]
+        raise RuntimeError(f"PTBTokenizer failed (exit {proc.returncode}): {err}")
     lines = proc.stdout.decode("utf-8").split("\n")
     if len(lines) < len(texts):
         raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} captions")
@@ -90,8 +91,9 @@ def _word_tokens(raw: str) -> list[str]:
     toks = _TOKEN.findall(raw)
     # keep the period of an abbreviation ("st.", "n.") attached, as PTB does
     out: list[str] = []
-    for i, tok in enumerate(toks):
-        if tok == "." and out and (out[-1] in _ABBREVIATIONS or (len(out[-1]) == 1 and out[-1].isalpha())):
+    for tok in toks:
+        prev = out[-1] if out else ""
+        if tok == "." and (prev in _ABBREVIATIONS or (len(prev) == 1 and prev.isalpha()) or "." in prev[1:]):
             out[-1] += "."
             continue
         out.append(tok)
@@ -103,6 +105,9 @@ def python_tokenize_one(text: str) -> str:
     text = _clean_line(text).lower().replace("&amp;", "&").replace("\u2019", "'").replace("\u2018", "'")
     out: list[str] = []
     for raw in text.split():
+        if raw in _SUFFIXES:  # a detached clitic ("person 's") stays one token
+            out.append(raw)
+            continue
         for tok in _word_tokens(raw):
             tok = _BRACKETS.get(tok, tok)
             for piece in _split_clitics(tok):
