@@ -1,0 +1,141 @@
+"""Writing a quickstart world to disk in the layouts the real datasets use.
+
+Every item draws from its own random stream (seed, split, index), so the bytes of an item depend on
+nothing else, and the same seed gives the same files. The world is built in a sibling `.partial`
+directory and renamed into place with its manifest last, so an interrupted generation never leaves a
+directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from maccap.errors import UserError
+from maccap.io import atomic_write_json, dumps_json, read_json, sha256_bytes
+from maccap.world.captions import scene_captions
+from maccap.world.config import ID_OFFSETS, SPLIT_CODES, WORLD_NAME, WORLD_VERSION, WorldConfig
+from maccap.world.questions import scene_questions
+from maccap.world.scene import encode_png, render_scene, sample_scene
+
+log = logging.getLogger(__name__)
+VQA_SPLITS = ("val", "test")
+
+
+def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+
+
+def image_name(split: str, index: int) -> str:
+    return f"qs_{split}_{index:06d}.png"
+
+
+def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)  # the manifest, written last, is what makes the directory trusted
+    files[rel] = sha256_bytes(data)
+
+
+def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: dict[str, str],
+                 progress: bool) -> list[dict[str, Any]]:
+    entries, questions, annotations = [], [], []
+    for i in tqdm(range(config.split_size(split)), desc=f"world {split}", disable=not progress, leave=False):
+        rng = item_rng(seed, split, i)
+        scene = sample_scene(rng, config)
+        caps, objs = scene_captions(scene, rng, config.captions_per_image)
+        img = render_scene(scene, config.image_size, rng, supersample=config.supersample)
+        name = image_name(split, i)
+        _write(root, f"images/{split}/{name}", encode_png(img, config.png_compress_level), files)
+        image_id = ID_OFFSETS[split] + i
+        entries.append({"split": split, "image_name": name, "file_path": split, "image_id": image_id,
+                        "captions": caps, "caption_objects": objs, "scene": scene})
+        if split in VQA_SPLITS:
+            for k, q in enumerate(scene_questions(scene, rng, config.questions_per_image)):
+                qid = image_id * 10 + k
+                questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
+                annotations.append({
+                    "question_id": qid, "image_id": image_id, "answer_type": q["answer_type"],
+                    "question_type": q["question_type"], "multiple_choice_answer": q["multiple_choice_answer"],
+                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                                for j, a in enumerate(q["answers"])]})
+    _write(root, f"captions_{split}.json", dumps_json(entries).encode(), files)
+    if split in VQA_SPLITS:
+        info = {"description": f"quickstart world VQA, split {split}", "data_subtype": split}
+        _write(root, f"vqa/questions_{split}.json", dumps_json({"info": info, "questions": questions}).encode(), files)
+        _write(root, f"vqa/annotations_{split}.json",
+               dumps_json({"info": info, "annotations": annotations}).encode(), files)
+    return entries
+
+
+def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], progress: bool) -> int:
+    texts: list[str] = []
+    for i in tqdm(range(config.n_corpus), desc="world corpus", disable=not progress, leave=False):
+        rng = item_rng(seed, "corpus", i)
+        caps, _ = scene_captions(sample_scene(rng, config), rng, config.captions_per_image)
+        texts.extend(caps)
+    _write(root, "corpus_train.json", dumps_json(texts).encode(), files)
+    return len(texts)
+
+
+def manifest_matches(manifest: Any, seed: int, config: WorldConfig) -> bool:
+    return (isinstance(manifest, dict) and manifest.get("name") == WORLD_NAME
+            and manifest.get("version") == WORLD_VERSION and manifest.get("seed") == seed
+            and manifest.get("config") == config.to_dict() and isinstance(manifest.get("files"), dict))
+
+
+def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None,
+                   progress: bool = True) -> Path:
+    """Generate the world into out_dir (replacing what is there); return the manifest path."""
+    config = config or WorldConfig()
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot write the world to {out}: {e.strerror or e}") from None
+    t0 = time.perf_counter()
+    files: dict[str, str] = {}
+    sizes = {split: len(_image_split(tmp, split, seed, config, files, progress)) for split in ("clip", "val", "test")}
+    sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress)
+    manifest = {"name": WORLD_NAME, "version": WORLD_VERSION, "seed": seed, "config": config.to_dict(),
+                "sizes": sizes, "files": dict(sorted(files.items())),
+                "hash": sha256_bytes(dumps_json(dict(sorted(files.items()))).encode())}
+    atomic_write_json(tmp / "manifest.json", manifest)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("world written to %s in %.1f s: %s", out, time.perf_counter() - t0, sizes)
+    return out / "manifest.json"
+
+
+def ensure_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None, progress: bool = True,
+                 verify: bool = False) -> Path:
+    """Reuse a complete world with the same seed, config and version; generate it otherwise."""
+    config = config or WorldConfig()
+    path = Path(out_dir) / "manifest.json"
+    if path.exists():
+        try:
+            manifest = read_json(path, "world manifest")
+        except UserError:
+            manifest = None
+        if manifest_matches(manifest, seed, config):
+            if not verify:
+                return path
+            from maccap.data import verify_manifest
+
+            problems = verify_manifest(out_dir)
+            if not problems:
+                return path
+            log.warning("world at %s failed verification (%s); regenerating", out_dir, problems[0])
+    return generate_world(out_dir, seed, config, progress)
