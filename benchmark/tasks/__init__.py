@@ -29,7 +29,7 @@ TaskFn = Callable[[RunContext], TaskOutput]
 TASKS: Registry[TaskFn] = Registry("task")
 
 # Each module registers its tasks on import; a missing optional module is not an error here.
-_TASK_MODULES = ("clip", "gap", "caption", "vqa")
+_TASK_MODULES = ("clip", "gap", "caption", "vqa", "dummy")
 
 
 def load_tasks() -> Registry[TaskFn]:

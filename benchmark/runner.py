@@ -1,0 +1,324 @@
+"""Run a suite: expand it into runs, execute them in order, record every outcome, then report.
+
+Order is the suite's task order, then method, backbone and seed, so that artefacts a later task
+needs (world, CLIP weights, feature caches, trained captioners) are built once by an earlier one and
+found again through the caches under work_dir. A run whose result.json is complete with the same
+config hash is skipped, which makes an interrupted suite resumable by running the same command.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from benchmark.store import RunKey, TaskOutput, build_result, is_complete, slug, write_run
+from benchmark.suite import SeedPair, Suite, TaskSpec
+from benchmark.tasks import RunContext, load_tasks
+from maccap.errors import UserError
+from maccap.io import hash_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlannedRun:
+    key: RunKey
+    entry: TaskSpec
+    method: str
+    backbone: str
+    seeds: SeedPair
+    config: dict[str, Any]
+    config_hash: str
+    run_dir: Path
+    done: bool = False  # complete result with the same config hash exists
+
+    @property
+    def run_id(self) -> str:
+        return self.key.run_id
+
+
+@dataclass
+class RunSummary:
+    suite: str
+    planned: int = 0
+    skipped: list[str] = field(default_factory=list)
+    ok: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # left over after an interrupt or stop
+    interrupted: bool = False
+    stopped_on_error: bool = False
+    dry_run: bool = False
+    report: Path | None = None
+    tidy: Path | None = None
+    wall_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and not self.stopped_on_error and not self.failed and not self.not_run
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/n' with 0 <= i < n -> (i, n)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected i/n such as 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"--shard {text!r}: expected 0 <= i < n")
+    return i, n
+
+
+def plan_suite(suite: Suite, results_dir: str | Path, tasks_filter: list[str] | None = None,
+               shard: tuple[int, int] | None = None, skip_existing: bool = True) -> list[PlannedRun]:
+    """Every run of the suite in execution order, with `done` set for reusable results."""
+    results_dir = Path(results_dir)
+    entries = list(suite.tasks)
+    if tasks_filter:
+        known = {e.name for e in entries} | {e.task for e in entries}
+        for name in tasks_filter:
+            if name not in known:
+                raise UserError(f"--only {name!r}: suite {suite.name!r} has no such task (has: {', '.join(sorted(known))})")
+        entries = [e for e in entries if e.name in tasks_filter or e.task in tasks_filter]
+    runs: list[PlannedRun] = []
+    for entry in entries:
+        for method in entry.methods:
+            for backbone in entry.backbones:
+                for seeds in suite.seeds:
+                    key = RunKey(suite.name, entry.name, method, backbone, seeds.train)
+                    config = suite.run_config(entry, method, backbone, seeds)
+                    chash = hash_config(config)
+                    run_dir = key.dir(results_dir)
+                    runs.append(PlannedRun(key, entry, method, backbone, seeds, config, chash, run_dir,
+                                           done=skip_existing and is_complete(run_dir, chash)))
+    return _shard(runs, shard)
+
+
+def _shard(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[PlannedRun]:
+    """Deterministic split. Whole (backbone, train seed) chains go to one shard when there are at
+    least as many chains as shards, so a shard builds the artefacts its own later runs reuse."""
+    if shard is None:
+        return runs
+    i, n = shard
+    groups: list[tuple[str, int]] = []
+    for r in runs:
+        g = (r.backbone, r.seeds.train)
+        if g not in groups:
+            groups.append(g)
+    if len(groups) >= n:
+        mine = {g for k, g in enumerate(groups) if k % n == i}
+        return [r for r in runs if (r.backbone, r.seeds.train) in mine]
+    return [r for k, r in enumerate(runs) if k % n == i]
+
+
+def format_plan(suite: Suite, runs: list[PlannedRun]) -> str:
+    todo = sum(not r.done for r in runs)
+    lines = [f"suite {suite.name} (version {suite.version}): {len(runs)} runs, {len(runs) - todo} done, {todo} to do"]
+    lines += [f"  [{'skip' if r.done else 'todo'}] {r.run_id}  config {r.config_hash}" for r in runs]
+    return "\n".join(lines)
+
+
+class _StopFlag:
+    """First Ctrl-C asks to stop after the current run; the second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt received: stopping after the current run (press Ctrl-C again to abort now)")
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _DataDirs:
+    """Dataset directories, built lazily: the quickstart world is generated on first need."""
+
+    def __init__(self, work_dir: Path, overrides: dict[str, Path], progress: bool = False) -> None:
+        self.work_dir = work_dir
+        self.progress = progress
+        self.overrides = overrides
+        self._cache: dict[str, Path] = {}
+        self._errors: dict[str, Exception] = {}  # a world that failed once is not retried for every run
+
+    def get(self, entry: TaskSpec) -> Path:
+        ds = entry.dataset
+        if ds.name in self.overrides:
+            return Path(self.overrides[ds.name])
+        if not ds.is_quickstart:
+            return Path(ds.data_dir or f"data/{ds.name}")
+        key = f"{ds.world['preset']}-seed{ds.world['seed']}"
+        if key in self._errors:
+            raise self._errors[key]
+        if key not in self._cache:
+            try:
+                self._cache[key] = ensure_quickstart_world(self.work_dir / "worlds" / key, ds.world, self.progress)
+            except Exception as e:
+                self._errors[key] = e
+                raise
+        return self._cache[key]
+
+
+def ensure_quickstart_world(out_dir: Path, world: dict[str, Any], progress: bool = False) -> Path:
+    """Build (or reuse) the quickstart world; returns its data directory."""
+    try:
+        from maccap.world import ensure_world
+        from maccap.world.config import WorldConfig
+    except ImportError as e:
+        raise UserError(f"the quickstart world generator is not available ({e}); cannot build {out_dir}") from None
+
+    log.info("ensuring quickstart world (preset %s, seed %s) in %s", world["preset"], world["seed"], out_dir)
+    res = ensure_world(out_dir, world["seed"], WorldConfig.preset(world["preset"]), progress=progress)
+    if isinstance(res, (str, Path)) and Path(res).is_dir():
+        return Path(res)
+    return out_dir  # ensure_world returns the manifest path; the data directory is out_dir
+
+
+def execute_run(run: PlannedRun, suite: Suite, data_dir: Path | Callable[[], Path], work_dir: Path, device: str,
+                progress: bool) -> dict[str, Any]:
+    """Run one task and write its result (ok or failed); returns the result written.
+
+    `data_dir` may be a callable so that a failure to build the dataset (the quickstart world) is
+    recorded against the run like any other failure.
+    """
+    t0 = time.perf_counter()
+    out, status, error = TaskOutput(), "ok", None
+    resolved: Path | None = data_dir if isinstance(data_dir, Path) else None
+    try:
+        tasks = load_tasks()
+        if resolved is None:
+            resolved = Path(data_dir())  # type: ignore[operator]
+        if run.entry.task not in tasks:
+            raise UserError(f"task {run.entry.task!r} is not available (module benchmark/tasks/{run.entry.task}.py "
+                            f"missing or failed to register); known: {', '.join(tasks.names())}")
+        fn = tasks.get(run.entry.task)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(key=run.key, run_dir=run.run_dir, work_dir=work_dir, data_dir=resolved,
+                         dataset=run.entry.dataset.name, params=copy.deepcopy(run.config["params"]),
+                         train_seed=run.seeds.train, eval_seed=run.seeds.eval, device=device, progress=progress)
+        out = fn(ctx)
+        if not isinstance(out, TaskOutput):
+            raise TypeError(f"task {run.entry.task!r} returned {type(out).__name__}, expected TaskOutput")
+    except Exception as e:  # noqa: BLE001 - every failure is recorded and the suite goes on
+        status = "failed"
+        error = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        out = TaskOutput()
+        log.error("run %s failed: %s: %s", run.run_id, type(e).__name__, e)
+    timings = {"total_s": round(time.perf_counter() - t0, 4)}
+    out.extra = dict(out.extra)
+    out.extra["runner"] = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
+                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display}
+    seeds = {"train": run.seeds.train, "eval": run.seeds.eval}
+    result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error)
+    try:
+        write_run(run.run_dir, result, out.items if status == "ok" else None)
+    except (TypeError, ValueError, UserError) as e:  # e.g. a task returned something JSON cannot hold
+        log.error("run %s: cannot write its result: %s", run.run_id, e)
+        error = f"{type(e).__name__}: cannot write the task's output: {e}\n\n{traceback.format_exc()}"
+        result = build_result(run.key, run.entry.dataset.display, run.config, seeds, TaskOutput(), timings,
+                              status="failed", error=error)
+        write_run(run.run_dir, result)
+    return result
+
+
+def _lock(results_dir: Path, suite: Suite, shard: tuple[int, int] | None) -> FileLock:
+    suffix = f"-shard{shard[0]}of{shard[1]}" if shard else ""
+    path = results_dir / slug(suite.name) / f".runner{suffix}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create results directory {path.parent}: {e.strerror or e}") from None
+    return FileLock(str(path), timeout=0)
+
+
+def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, work_dir: str | Path,
+              skip_existing: bool = True, stop_on_error: bool = False, dry_run: bool = False,
+              progress: bool = True, tasks_filter: list[str] | None = None, shard: tuple[int, int] | None = None,
+              device: str | None = None, data_dirs: dict[str, Path] | None = None,
+              report: bool = True) -> RunSummary:
+    """Run every planned run of `suite`; aggregate and (if `report`) render the report at the end unless sharded."""
+    t0 = time.perf_counter()
+    results_dir, reports_dir, work_dir = Path(results_dir), Path(reports_dir), Path(work_dir)
+    runs = plan_suite(suite, results_dir, tasks_filter, shard, skip_existing)
+    summary = RunSummary(suite=suite.name, planned=len(runs), dry_run=dry_run)
+    summary.skipped = [r.run_id for r in runs if r.done]
+    if dry_run:
+        log.info("%s", format_plan(suite, runs))
+        return summary
+    lock = _lock(results_dir, suite, shard)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another runner is writing {results_dir / slug(suite.name)} (lock {lock.lock_file} is held); "
+                        "wait for it to finish or use a different --results-dir") from None
+    try:
+        _execute(suite, runs, summary, work_dir, data_dirs or {}, resolve_device(device or suite.device),
+                 stop_on_error, progress)
+    finally:
+        lock.release()
+    if summary.interrupted:
+        log.warning("stopped: %d runs finished, %d left; run the same command again to resume "
+                    "(finished runs are kept and skipped)", len(summary.ok) + len(summary.failed), len(summary.not_run))
+    elif not summary.stopped_on_error and shard is None:
+        from analysis.aggregate import aggregate
+        from analysis.report import render_report
+
+        agg = aggregate(results_dir, suite=suite.name, progress=progress)
+        summary.tidy = agg.paths.get("csv")
+        if report:
+            summary.report = render_report(results_dir, reports_dir, suite.name, agg=agg)
+    summary.wall_s = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
+             overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool) -> None:
+    todo = [r for r in runs if not r.done]
+    data = _DataDirs(work_dir, overrides, progress)
+    with _StopFlag() as stop, tqdm(total=len(todo), desc=f"suite {suite.name}", unit="run",
+                                   disable=not progress) as bar:
+        for k, run in enumerate(todo):
+            if stop.requested:
+                summary.interrupted = True
+                summary.not_run = [r.run_id for r in todo[k:]]
+                return
+            bar.set_postfix_str(run.run_id, refresh=False)
+            result = execute_run(run, suite, lambda e=run.entry: data.get(e), work_dir, device, progress)
+            (summary.ok if result["status"] == "ok" else summary.failed).append(run.run_id)
+            bar.update(1)
+            if result["status"] != "ok" and stop_on_error:
+                summary.stopped_on_error = True
+                summary.not_run = [r.run_id for r in todo[k + 1:]]
+                return
+        if stop.requested:
+            summary.interrupted = bool(summary.not_run)
+
