@@ -182,14 +182,15 @@ def load_vqa(data_dir: str | Path, split: str) -> tuple[list[dict[str, Any]], li
 
 
 def split_hash(data_dir: str | Path, split: str) -> str:
-    """Content hash of one split: its caption file plus its images' checksums from the manifest."""
+    """Content hash of one split: its caption file plus the checksums of the images it lists."""
     data_dir = Path(data_dir)
     manifest = read_json(data_dir / "manifest.json", "manifest")
     files = manifest.get("files", {}) if isinstance(manifest, dict) else {}
     cap = f"captions_{split}.json"
-    part = {k: v for k, v in files.items() if k == cap or k.startswith(f"images/{split}/")}
-    if cap not in part:
-        part[cap] = sha256_file(data_dir / cap)
+    part = {cap: files.get(cap) or sha256_file(data_dir / cap)}
+    for r in load_split(data_dir, split):
+        rel = r.path.relative_to(data_dir).as_posix()
+        part[rel] = files.get(rel) or sha256_file(r.path)
     return sha256_bytes(dumps_json(part).encode())
 
 
