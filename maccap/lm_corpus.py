@@ -1,0 +1,166 @@
+"""The pre-training text of the quickstart LM: the world's caption corpus plus text-only QA.
+
+Why. In the paper the frozen LM (OPT) was pre-trained on general text, so it already knows the
+"Question: ... Short answer: ..." format and can read a caption put in front of a question; zero-shot
+VQA relies on that. The quickstart LM is trained from scratch, so trained on captions alone it has
+never seen a question and VQA would measure nothing. Our stand-in for "general language knowledge":
+QA text in the prompt format, generated from *fresh* world scenes drawn on a random stream no world
+split uses and rejected when their content (attributes and grid cells, `scene_signature`) equals any
+scene of an image split (clip/val/test). No image is involved. Part of the QA text carries a caption
+of the same scene in front ("{caption} Question: {q} Short answer: {a}"), the analogue of the reading
+comprehension a general LM brings; the rest is the bare prompt, which teaches the answer format and
+the answer priors.
+
+What this is not. This text is world-specific: the LM learns the world's question templates, answer
+vocabulary and answer frequencies, which is more than OPT knows about VQAv2. That is why every VQA
+number must be read against the no-image baseline (the same LM answering from the prompt alone):
+that baseline measures exactly the prior this corpus teaches, and the image's contribution is the
+gap above it. Test questions and answers are never in this text (the scenes differ), but questions
+about the same kinds of things are, as they are in real general text.
+
+The captioner is trained with this LM frozen, so the captioner's LM and the VQA LM are one model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from maccap.errors import UserError
+from maccap.io import read_json
+
+log = logging.getLogger(__name__)
+
+QA_TEXT = "Question: {question} Short answer: {answer}"
+CONTEXT_QA_TEXT = "{context} Question: {question} Short answer: {answer}"
+IMAGE_SPLITS = ("clip", "val", "test")
+STREAM = 0x51A0  # mixed into the seed: a random stream no world split draws from
+MAX_ATTEMPTS_PER_TEXT = 50
+
+# (scene, rng, n) -> up to n questions as dicts {"question": str, "answer"|"multiple_choice_answer"|"answers": ...}
+QuestionFn = Callable[[list, np.random.Generator, int], Sequence[Mapping[str, Any]]]
+# (scene, rng, n) -> n captions of the scene
+CaptionFn = Callable[[list, np.random.Generator, int], Sequence[str]]
+
+
+def world_questions(scene: list, rng: np.random.Generator, n: int) -> Sequence[Mapping[str, Any]]:
+    """The quickstart world's own question generator (distinct question kinds per scene)."""
+    from maccap.world import scene_questions
+
+    return scene_questions(scene, rng, n)
+
+
+def world_captions(scene: list, rng: np.random.Generator, n: int) -> Sequence[str]:
+    """The quickstart world's own caption grammar (the one its corpus and references come from)."""
+    from maccap.world import scene_captions
+
+    return scene_captions(scene, rng, n)[0]
+
+
+def answer_of(question: Mapping[str, Any]) -> str:
+    """The answer written after "Short answer:": the generator's true answer, else the VQAv2 majority answer."""
+    for key in ("answer", "multiple_choice_answer"):
+        if isinstance(question.get(key), str):
+            return question[key]
+    answers = question.get("answers")
+    if isinstance(answers, (list, tuple)) and answers:
+        texts = [a["answer"] if isinstance(a, Mapping) else str(a) for a in answers]
+        return Counter(texts).most_common(1)[0][0]
+    raise ValueError(f"question {question.get('question')!r} carries no answer")
+
+
+def world_config(data_dir: Path) -> Any:
+    """The world's config from its manifest (the default sizes when there is none)."""
+    from maccap.world.config import WorldConfig
+
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        return WorldConfig()
+    cfg = read_json(manifest, "world manifest").get("config") or {}
+    if not isinstance(cfg, dict):
+        raise UserError(f"world manifest {manifest}: field 'config' must be an object")
+    return WorldConfig.from_dict(cfg)
+
+
+def image_scene_signatures(data_dir: Path) -> set[tuple]:
+    """Signatures of every scene shown in an image split: QA scenes must differ from all of them."""
+    from maccap.world.scene import scene_signature
+
+    taken: set[tuple] = set()
+    for split in IMAGE_SPLITS:
+        path = data_dir / f"captions_{split}.json"
+        if not path.is_file():
+            continue
+        for i, entry in enumerate(read_json(path, f"{split} caption file")):
+            scene = entry.get("scene") if isinstance(entry, dict) else None
+            if not isinstance(scene, list):
+                raise UserError(f"{path}: entry {i} has no 'scene' list; the QA corpus needs the quickstart "
+                                "world's scenes to stay disjoint from the image splits")
+            taken.add(scene_signature(scene))
+    return taken
+
+
+def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn: QuestionFn,
+             captions_fn: CaptionFn, context_fraction: float = 0.5, questions_per_scene: int = 2,
+             max_tokens: int | None = 23) -> list[str]:
+    """n_qa QA texts from fresh scenes (signature not in `taken`), deterministic in `seed`.
+
+    A text with a caption in front that would exceed `max_tokens` word-level tokens (the quickstart
+    LM truncates its training texts) is written without the caption instead.
+    """
+    from maccap.lm import words
+    from maccap.world.scene import sample_scene, scene_signature
+
+    if not 0.0 <= context_fraction <= 1.0:
+        raise UserError(f"context_fraction={context_fraction} must lie in [0, 1]")
+    rng = np.random.default_rng([int(seed), STREAM])
+    out: list[str] = []
+    attempts = 0
+    while len(out) < n_qa:
+        attempts += 1
+        if attempts > MAX_ATTEMPTS_PER_TEXT * max(n_qa, 1):
+            raise UserError(f"could not draw {n_qa} QA texts from scenes disjoint from the image splits "
+                            f"(got {len(out)}); lower n_qa")
+        scene = sample_scene(rng, config)
+        if scene_signature(scene) in taken:
+            continue
+        for q in questions_fn(scene, rng, questions_per_scene):
+            question, answer = " ".join(str(q["question"]).split()), answer_of(q)
+            text = QA_TEXT.format(question=question, answer=answer)
+            if rng.random() < context_fraction:
+                caption = " ".join(str(captions_fn(scene, rng, 1)[0]).split())
+                with_context = CONTEXT_QA_TEXT.format(context=caption, question=question, answer=answer)
+                if max_tokens is None or len(words(with_context)) <= max_tokens:
+                    text = with_context
+            out.append(text)
+            if len(out) == n_qa:
+                break
+    return out
+
+
+def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context_fraction: float = 0.5,
+                          questions_per_scene: int = 2, max_tokens: int | None = 23,
+                          questions_fn: QuestionFn | None = None, captions_fn: CaptionFn | None = None) -> list[str]:
+    """The quickstart LM's pre-training text: corpus_train.json captions, then n_qa QA texts.
+
+    Same (world, seed, n_qa, options) -> the same list. `max_tokens` should be the LM's max_len - 2
+    (BOS and EOS); texts never exceed it when they carry a caption. The generators default to the
+    world's public ones (`maccap.world.scene_questions` / `scene_captions`); pass others for another world.
+    """
+    from maccap.train import load_corpus_texts
+
+    data_dir = Path(data_dir)
+    if n_qa < 0:
+        raise UserError(f"n_qa={n_qa} must be >= 0")
+    captions = load_corpus_texts(data_dir)
+    if n_qa == 0:
+        return captions
+    texts = qa_texts(n_qa, seed, world_config(data_dir), image_scene_signatures(data_dir),
+                     questions_fn or world_questions, captions_fn or world_captions, context_fraction,
+                     questions_per_scene, max_tokens)
+    log.info("LM pre-training corpus: %d captions + %d QA texts", len(captions), len(texts))
+    return captions + texts
