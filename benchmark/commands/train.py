@@ -1,0 +1,63 @@
+"""`maccap-bench train`: train (or reuse) one text-only captioner and print where its weights are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from maccap.errors import UserError
+
+
+def _read_yaml(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"--config {path}: cannot read YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of caption-task parameters")
+    return data
+
+
+def make_context(method: str, backbone: str, dataset: str, work_dir: str, train_seed: int, eval_seed: int,
+                 params: dict, device: str, progress: bool, run_dir: Path | None = None):
+    """A RunContext for one caption run outside a suite."""
+    from benchmark.commands.gap import resolve_dataset
+    from benchmark.store import RunKey
+    from benchmark.tasks import RunContext
+
+    work = Path(work_dir)
+    data_dir, name = resolve_dataset(dataset, work, progress)
+    key = RunKey(suite="cli", task="caption", method=method, backbone=backbone, seed=train_seed)
+    return RunContext(key=key, run_dir=run_dir or work / "cli-runs", work_dir=work, data_dir=data_dir, dataset=name,
+                      params=params, train_seed=train_seed, eval_seed=eval_seed, device=device, progress=progress)
+
+
+@click.command("train")
+@click.option("--method", default="maccap", show_default=True, help="Registered method (maccap-bench ls methods).")
+@click.option("--backbone", default="qs-rn", show_default=True)
+@click.option("--dataset", default="quickstart", show_default=True, help="'quickstart' or a data directory.")
+@click.option("--work-dir", default="work", show_default=True, type=click.Path(file_okay=False))
+@click.option("--seed", "train_seed", default=0, show_default=True, type=int, help="Training seed.")
+@click.option("--lm", default=None, help="LM spec: quickstart, smollm2, gguf:FILE, a local dir or a hub id.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="YAML of caption-task parameters (train:, lm_config:, method_options:, ...).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def command(method: str, backbone: str, dataset: str, work_dir: str, train_seed: int, lm: str | None,
+            config_path: str | None, device: str, no_progress: bool) -> None:
+    """Train a captioner on caption text only (cached: a finished one is reused, a killed one resumes)."""
+    from benchmark.tasks.caption import build_captioner
+
+    params = _read_yaml(config_path)
+    if lm:
+        params["lm"] = lm
+    ctx = make_context(method, backbone, dataset, work_dir, train_seed, 0, params, device, not no_progress)
+    captioner, _ = build_captioner(ctx)
+    info = captioner.info
+    click.echo(f"captioner: {info['dir']}")
+    for h in info.get("history") or []:
+        click.echo(f"  epoch {int(h['epoch'])}: loss {h['loss']:.4f}")

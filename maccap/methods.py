@@ -1,0 +1,111 @@
+"""Registered captioning methods: MacCap, its baselines and ablations, as explicit hyper-parameters.
+
+Every method is a frozen `MethodConfig`; the names below are the registry. Fields split into what
+shapes *training* (`train_fields`, part of the trained captioner's cache key, so e.g. `maccap`,
+`maccap-no-subregion` and `maccap-no-rerank` share one trained aligner) and what only changes
+inference. Reference quirks are the defaults, with the fix one field away:
+`mask_pad_labels=False` (pad tokens count in the loss) and `region_weighting="softmax_probs"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from maccap.errors import UserError
+from maccap.registry import Registry
+
+PREFIXES = ("aligner", "mlp")
+TEST_MEMORIES = ("regions", "cls", "decap-projection", "none")
+TRAIN_NOISES = ("isotropic", "fitted-isotropic", "fitted-diagonal", "fitted-full")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str
+    description: str = ""
+    # --- training ---
+    prefix: str = "aligner"  # "aligner" (queries + decoder over a memory) or "mlp" (one feature -> prefix)
+    train_memory_tokens: int = 10  # copies of the text feature, each with its own noise
+    train_noise: str = "isotropic"  # or fitted-isotropic / fitted-diagonal / fitted-full (needs noise_model)
+    train_noise_variance: float = 0.016  # per-dimension variance of the isotropic noise (0 = no noise)
+    noise_model: str | None = None  # path to the gap analysis' fitted noise model
+    noise_model_mean: bool = False  # also add the fitted mean offset
+    mask_pad_labels: bool = False  # reference quirk: pad tokens are not masked out of the labels
+    image_free: bool = False  # the no-image baseline: memory is all zeros in training and at test
+    # --- inference ---
+    test_memory: str = "regions"  # regions | cls | decap-projection | none
+    n_regions: int = 10
+    region_weight: float = 1.0
+    region_weighting: str = "softmax_probs"  # reference quirk; "probs" is the sharper fix
+    test_noise_variance: float = 0.016
+    n_candidates: int = 4
+    rerank: bool = True  # pick the candidate most CLIP-similar to the image (else the first)
+    decap_temperature: float = 0.01
+    num_beams: int = 4
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        checks = [("prefix", self.prefix, PREFIXES), ("test_memory", self.test_memory, TEST_MEMORIES),
+                  ("train_noise", self.train_noise, TRAIN_NOISES),
+                  ("region_weighting", self.region_weighting, ("softmax_probs", "probs"))]
+        for field_name, value, allowed in checks:
+            if value not in allowed:
+                raise UserError(f"method {self.name!r}: {field_name}={value!r}; expected one of {', '.join(allowed)}")
+        if self.train_noise.startswith("fitted") and not self.noise_model:
+            raise UserError(f"method {self.name!r}: train_noise={self.train_noise!r} needs noise_model (a path "
+                            "to the gap analysis' fitted noise model)")
+        for field_name in ("train_memory_tokens", "n_regions", "n_candidates", "num_beams", "max_new_tokens"):
+            if getattr(self, field_name) < 1:
+                raise UserError(f"method {self.name!r}: {field_name} must be >= 1")
+        if self.train_noise_variance < 0 or self.test_noise_variance < 0:
+            raise UserError(f"method {self.name!r}: noise variances must be >= 0")
+
+    def train_fields(self) -> dict[str, Any]:
+        """The fields that change the trained weights (the captioner cache key)."""
+        keys = ("prefix", "train_memory_tokens", "train_noise", "train_noise_variance", "noise_model",
+                "noise_model_mean", "mask_pad_labels", "image_free")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+METHODS: Registry[MethodConfig] = Registry("method")
+
+
+def _add(cfg: MethodConfig) -> None:
+    METHODS.add(cfg.name, cfg)
+
+
+_add(MethodConfig("maccap", "MacCap: 10-token noisy memory; subregion memories at test; 4 candidates reranked by CLIP"))
+_add(MethodConfig("capdec", "CapDec: one prefix token from an MLP; noisy text features in training, clean image "
+                  "feature at test", prefix="mlp", train_memory_tokens=1, test_memory="cls", test_noise_variance=0.0,
+                  n_candidates=1, rerank=False))
+_add(MethodConfig("decap", "DeCap: trained on clean text features; at test the image feature is projected onto "
+                  "the training captions' text features (softmax(sim/0.01))", prefix="mlp", train_memory_tokens=1,
+                  train_noise_variance=0.0, test_memory="decap-projection", test_noise_variance=0.0,
+                  n_candidates=1, rerank=False))
+_add(MethodConfig("maccap-no-noise", "MacCap ablation: no noise in training or at test (one candidate)",
+                  train_noise_variance=0.0, test_noise_variance=0.0, n_candidates=1, rerank=False))
+_add(MethodConfig("maccap-no-subregion", "MacCap ablation: CLS feature only at test (no subregions)",
+                  test_memory="cls"))
+_add(MethodConfig("maccap-no-rerank", "MacCap ablation: one noisy candidate, no CLIP reranking",
+                  n_candidates=1, rerank=False))
+_add(MethodConfig("maccap-1tok", "MacCap ablation: 1-token training memory instead of 10", train_memory_tokens=1))
+_add(MethodConfig("no-image", "Baseline without image information: same LM and aligner, all-zero memory in "
+                  "training and at test (the best caption the pipeline can write blind)", image_free=True,
+                  train_noise_variance=0.0, test_memory="none", test_noise_variance=0.0, n_candidates=1,
+                  rerank=False))
+
+
+def get_method(name: str, overrides: dict[str, Any] | None = None) -> MethodConfig:
+    """The registered method `name` with `overrides` (field -> value) applied and validated."""
+    base = METHODS.get(name)
+    if not overrides:
+        return base
+    known = {f.name for f in fields(MethodConfig)} - {"name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"method {name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return replace(base, **overrides)

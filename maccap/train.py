@@ -1,0 +1,374 @@
+"""Text-only training of the bridge (aligner or prefix MLP) in front of a frozen causal LM.
+
+Text features come precomputed (the feature cache); each step builds the memory from them (copies
+plus noise, renormalised), maps it to a prefix, and trains on next-token cross entropy over the
+caption tokens only. Optimiser: AdamW; schedule: linear warm-up from `warmup_start * lr` over
+`warmup_iters` iterations, then a cosine over epochs down to `min_lr_factor * lr`. Every epoch ends
+with a checkpoint (bridge weights as safetensors + optimiser/scheduler/RNG state loadable with
+`torch.load(weights_only=True)`); a restarted run resumes from the last one and, on the CPU, ends
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from maccap.aligner import Aligner, AlignerConfig, PrefixMLP
+from maccap.captioning import Captioner
+from maccap.errors import UserError
+from maccap.io import atomic_path, atomic_write_json, hash_config, read_json
+from maccap.lm import embed_dim, encode_captions
+from maccap.methods import MethodConfig
+from maccap.noise import NoiseModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. Defaults follow the paper; `QUICKSTART_TRAIN` is the CPU-sized variant."""
+
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_iters: int = 200
+    warmup_start: float = 0.01
+    min_lr_factor: float = 0.1
+    grad_clip: float = 1.0
+    max_tokens: int = 25  # BOS + caption + EOS, truncated
+    amp: bool = True  # bf16 autocast, used only on CUDA
+    max_captions: int | None = None  # train on the first n corpus captions (None: all)
+    val_images: int = 4  # val captions logged after each epoch
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"training config: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        al = d.pop("aligner", {}) or {}
+        if isinstance(al, dict):
+            bad = sorted(set(al) - set(AlignerConfig.__dataclass_fields__))
+            if bad:
+                raise UserError(f"training config: unknown aligner option(s) {', '.join(bad)}")
+            al = AlignerConfig(**al)
+        return cls(aligner=al, **d)
+
+
+# CPU-sized defaults for the quickstart world: 2 passes over 4096 corpus captions at batch 64 (128 steps),
+# a small aligner (8 queries, FFN 256). About 10-20 s per captioner on one CPU thread.
+QUICKSTART_TRAIN = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup_iters=20, max_captions=4096, val_images=2,
+                               aligner=AlignerConfig(n_queries=8, n_layers=1, n_heads=4, ffn_dim=256, dropout=0.1,
+                                                     prefix_len=1))
+
+
+def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Multiplier of the base lr at optimiser step `step` (0-based)."""
+    if step < config.warmup_iters:
+        return config.warmup_start + (1 - config.warmup_start) * step / config.warmup_iters
+    epoch = step // max(1, steps_per_epoch)
+    cos = 0.5 * (1 + math.cos(math.pi * min(epoch, config.epochs) / max(1, config.epochs)))
+    return config.min_lr_factor + (1 - config.min_lr_factor) * cos
+
+
+def build_bridge(method: MethodConfig, feat_dim: int, lm_dim: int, config: AlignerConfig) -> nn.Module:
+    if method.prefix == "aligner":
+        return Aligner(feat_dim, lm_dim, config)
+    return PrefixMLP(feat_dim, lm_dim, config)
+
+
+def training_memory(method: MethodConfig, feats: torch.Tensor, noise: NoiseModel,
+                    generator: torch.Generator) -> torch.Tensor:
+    """[B, D] text features -> [B, M, D]: M copies, each with independent noise, renormalised."""
+    mem = feats[:, None].expand(-1, method.train_memory_tokens, -1)
+    if method.image_free:
+        return torch.zeros_like(mem)
+    return noise.add(mem, generator, renormalise=True)
+
+
+def lm_inputs(lm: nn.Module, prefix: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+              mask_pad_labels: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs_embeds [B, P+L, E], attention_mask [B, P+L], labels [B, P+L]).
+
+    ids = BOS + caption + EOS (+ pads). Labels are -100 on the prefix and on BOS, so the loss covers
+    the caption tokens and EOS only; pad positions stay in the labels unless mask_pad_labels (the
+    reference's quirk is to leave them in). Pads are always masked out of attention.
+    """
+    b, p = prefix.shape[:2]
+    tok = lm.get_input_embeddings()(ids)
+    embeds = torch.cat([prefix.to(tok.dtype), tok], dim=1)
+    real = torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None].to(ids.device)
+    mask = torch.cat([torch.ones(b, p, dtype=torch.long, device=ids.device), real.long()], dim=1)
+    tok_labels = ids.clone()
+    tok_labels[:, 0] = -100
+    if mask_pad_labels:
+        tok_labels[~real] = -100
+    labels = torch.cat([torch.full((b, p), -100, dtype=torch.long, device=ids.device), tok_labels], dim=1)
+    return embeds, mask, labels
+
+
+def caption_loss(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over positions whose label is not -100."""
+    logits = lm(inputs_embeds=embeds, attention_mask=mask).logits
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                       ignore_index=-100)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+def _latest(ckpt_dir: Path) -> int | None:
+    marker = ckpt_dir / "latest.json"
+    if not marker.is_file():
+        return None
+    return int(read_json(marker, "checkpoint marker")["epoch"])
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer,
+                    sched: Any, gen: torch.Generator, step: int, history: list[dict[str, Any]]) -> None:
+    d = ckpt_dir / f"epoch{epoch:03d}"
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d / "bridge.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in bridge.state_dict().items()}, str(tmp))
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
+             "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step,
+             "history": [{k: float(v) for k, v in h.items()} for h in history]}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    with atomic_path(d / "state.pt") as tmp:
+        torch.save(state, tmp)
+    atomic_write_json(ckpt_dir / "latest.json", {"epoch": epoch, "step": step})
+
+
+def load_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                    gen: torch.Generator) -> tuple[int, list[dict[str, Any]]]:
+    d = ckpt_dir / f"epoch{epoch:03d}"
+    try:
+        bridge.load_state_dict(load_file(str(d / "bridge.safetensors")))
+        state = torch.load(d / "state.pt", weights_only=True, map_location="cpu")
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"checkpoint {d} is unreadable ({e}); delete {ckpt_dir} to train from scratch") from None
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), list(state["history"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the training loop
+
+def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str], config: TrainConfig,
+        train_seed: int, noise: NoiseModel, ckpt_dir: str | Path | None = None, progress: bool = False,
+        val_fn: Callable[[int], list[str]] | None = None, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train captioner.bridge in place; resume from `ckpt_dir` when it holds a checkpoint.
+
+    The bridge must already be initialised (seeded) by the caller. `stop_after_epoch` ends the run
+    early (after that epoch's checkpoint), to test resuming.
+    """
+    if len(text_feats) != len(captions):
+        raise ValueError(f"{len(text_feats)} text features for {len(captions)} captions")
+    if len(captions) == 0:
+        raise UserError("the training corpus is empty")
+    method, lm, bridge = captioner.method, captioner.lm, captioner.bridge
+    device = captioner.device
+    ids, lengths = encode_captions(captioner.tokenizer, captions, config.max_tokens)
+    n = len(ids)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    opt = torch.optim.AdamW([p for p in bridge.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, config))
+    gen = torch.Generator().manual_seed(train_seed)
+    step, history, start = 0, [], 0
+    ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
+    if ckpt is not None and (last := _latest(ckpt)) is not None:
+        step, history = load_checkpoint(ckpt, last, bridge, opt, sched, gen)
+        start = last + 1
+        log.info("resuming %s from epoch %d (step %d)", method.name, last, step)
+    use_amp = config.amp and device.type == "cuda"
+    lm.eval()
+    t0 = time.perf_counter()
+    seen = 0
+    for epoch in range(start, config.epochs):
+        bridge.train()
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"train {method.name} epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress)
+        for b in bar:
+            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
+            mem = training_memory(method, text_feats[idx].float(), noise, gen).to(device)
+            width = int(lengths[idx].max())
+            batch_ids, batch_len = ids[idx, :width].to(device), lengths[idx].to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                prefix = bridge(mem)
+                embeds, mask, labels = lm_inputs(lm, prefix, batch_ids, batch_len, method.mask_pad_labels)
+                loss = caption_loss(lm, embeds, mask, labels)
+            if not torch.isfinite(loss):
+                raise UserError(f"training {method.name}: loss is {loss.item()} at step {step} (epoch {epoch + 1}, "
+                                f"batch {b + 1}); lower the learning rate (lr={config.lr}) or check the features")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(bridge.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            seen += len(idx)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        history.append({"epoch": epoch + 1, "loss": total / count, "lr": sched.get_last_lr()[0]})
+        log.info("%s epoch %d/%d: mean loss %.4f", method.name, epoch + 1, config.epochs, total / count)
+        if val_fn is not None:
+            bridge.eval()
+            for cap in val_fn(epoch):
+                log.info("  val: %s", cap)
+        if ckpt is not None:
+            save_checkpoint(ckpt, epoch, bridge, opt, sched, gen, step, history)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    bridge.eval()
+    elapsed = time.perf_counter() - t0
+    return {"history": history, "steps": step, "seconds": elapsed,
+            "captions_per_s": seen / elapsed if elapsed > 0 and seen else None}
+
+
+def new_captioner(method: MethodConfig, lm: nn.Module, tokenizer: Any, feat_dim: int, config: TrainConfig,
+                  train_seed: int, device: str | torch.device = "cpu") -> Captioner:
+    """A freshly initialised bridge (seeded by the train seed) in front of the frozen LM."""
+    from maccap.seed import seed_everything
+
+    seed_everything(train_seed)
+    bridge = build_bridge(method, feat_dim, embed_dim(lm), config.aligner).to(device)
+    return Captioner(method, bridge, lm, tokenizer, feat_dim)
+
+
+def with_method(captioner: Captioner, method: MethodConfig) -> Captioner:
+    """The same trained weights used with another method's inference settings."""
+    return replace(captioner, method=method)
+
+
+# ------------------------------------------------------------------------------------------------
+# the cached, end-to-end entry point (used by the caption task, the VQA task and `maccap-bench train`)
+
+def load_corpus_texts(data_dir: str | Path, max_captions: int | None = None) -> list[str]:
+    """The text-only training corpus (corpus_train.json), through maccap.data when available."""
+    try:
+        from maccap.data import load_corpus
+    except ImportError:
+        corpus = read_json(Path(data_dir) / "corpus_train.json", "training corpus")
+    else:
+        corpus = load_corpus(data_dir)
+    corpus = [str(c) for c in corpus]
+    if not corpus:
+        raise UserError(f"the training corpus in {data_dir} is empty")
+    return corpus[:max_captions] if max_captions else corpus
+
+
+def captioner_key(method: MethodConfig, backbone_id: str, lm_ident: dict[str, Any], corpus_digest: str,
+                  train_seed: int, config: TrainConfig, noise_digest: str | None) -> str:
+    lm_key = {k: v for k, v in lm_ident.items() if k != "source"}
+    return hash_config({"method": method.train_fields(), "noise_model": noise_digest, "backbone": backbone_id,
+                        "lm": lm_key, "corpus": corpus_digest, "seed": train_seed, "train": config.to_dict(), "v": 1})
+
+
+_LM_MEMO: dict[tuple, tuple[nn.Module, Any]] = {}
+
+
+def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: str | Path, work_dir: str | Path,
+                  train_seed: int, config: TrainConfig = QUICKSTART_TRAIN, lm_config: Any = None,
+                  noise: NoiseModel | None = None, noise_digest: str | None = None,
+                  device: str | torch.device = "cpu", progress: bool = False,
+                  corpus_dir: str | Path | None = None) -> Captioner:
+    """The trained captioner for (method training fields, backbone, LM, corpus, seed, config), cached.
+
+    Trained weights live in work_dir/captioners/<key>/ (bridge.safetensors + meta.json); a finished
+    entry is loaded, an interrupted one resumes from its last epoch checkpoint. `noise` overrides the
+    isotropic training noise (e.g. a fitted model; pass its file hash as noise_digest for the key).
+    For DeCap the text-feature memory bank is attached; no other method loads it. `corpus_dir` takes
+    the training corpus from another data directory (cross-domain runs); val captions still come
+    from `data_dir`.
+    """
+    from filelock import FileLock
+
+    from maccap import features
+    from maccap.lm import corpus_hash, lm_identity, load_lm
+
+    work_dir = Path(work_dir)
+    corpus_dir = corpus_dir if corpus_dir is not None else data_dir
+    corpus = load_corpus_texts(corpus_dir, config.max_captions)
+    full_corpus = load_corpus_texts(corpus_dir)
+    memo = (lm_spec, str(device), corpus_hash(full_corpus), str(work_dir), repr(lm_config))
+    if memo not in _LM_MEMO:  # the LM is frozen, so runs in one process can share it
+        _LM_MEMO.clear()
+        _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=full_corpus, cache_dir=work_dir / "lm", config=lm_config,
+                                 progress=progress)
+    lm, tok = _LM_MEMO[memo]
+    ident = lm_identity(lm_spec, lm)
+    if noise is None:
+        noise = NoiseModel.isotropic(method.train_noise_variance)
+    key = captioner_key(method, backbone.id, ident, corpus_hash(corpus), train_seed, config, noise_digest)
+    out = work_dir / "captioners" / key
+    feat_cache = work_dir / "features"
+    text_feats = None
+    captioner = new_captioner(method, lm, tok, backbone.embed_dim, config, train_seed, device)
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".lock")):
+        if (out / "meta.json").is_file() and (out / "bridge.safetensors").is_file():
+            captioner.bridge.load_state_dict(load_file(str(out / "bridge.safetensors")))
+            meta = read_json(out / "meta.json", "captioner metadata")
+        else:
+            text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
+            if method.test_memory == "decap-projection":
+                captioner.text_bank = text_feats.to(device)
+            val_fn = _val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress)
+            info = fit(captioner, text_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn)
+            with atomic_path(out / "bridge.safetensors") as tmp:
+                save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()}, str(tmp))
+            meta = {"key": key, "method": method.train_fields(), "backbone": backbone.id, "lm": ident,
+                    "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
+                    "config": config.to_dict(), "noise_digest": noise_digest, "history": info["history"],
+                    "train_seconds": info["seconds"], "captions_per_s": info["captions_per_s"], "steps": info["steps"]}
+            atomic_write_json(out / "meta.json", meta)
+    captioner.bridge.eval()
+    captioner.info = {**meta, "dir": str(out)}
+    if method.test_memory == "decap-projection":
+        if text_feats is None:
+            text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
+        captioner.text_bank = text_feats.to(device)
+    return captioner
+
+
+def _val_captions(captioner: Captioner, backbone: Any, data_dir: str | Path, cache: Path, n: int,
+                  progress: bool) -> Callable[[int], list[str]] | None:
+    """Captions for the first n val images after each epoch (logged); None when there is no val split."""
+    if n <= 0 or not (Path(data_dir) / "captions_val.json").is_file():
+        return None
+    from maccap import features
+    from maccap.captioning import caption_images
+
+    names, toks = features.image_tokens(backbone, data_dir, "val", cache, progress=progress)
+
+    def run(epoch: int) -> list[str]:
+        res = caption_images(captioner, toks.cls[:n], toks.tokens[:n], toks.attn[:n], None, eval_seed=0)
+        return [f"{names[i]}: {r.caption}" for i, r in enumerate(res)]
+
+    return run

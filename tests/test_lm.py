@@ -1,0 +1,114 @@
+"""LM loading: quickstart training + cache, local directories, tiny configs, error paths."""
+
+import time
+
+import pytest
+import torch
+
+from maccap.errors import UserError
+from maccap.lm import QuickstartLMConfig, encode_captions, lm_identity, load_lm, words
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """2 shared cores: thread oversubscription makes tiny models 20x slower."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+CORPUS = [f"a {c} {s} next to a {c2} {s2}." for c in ("red", "blue", "green") for s in ("circle", "square")
+          for c2 in ("yellow", "red") for s2 in ("star", "triangle")] * 4
+
+
+def test_quickstart_trains_caches_and_reloads(tmp_path):
+    cfg = QuickstartLMConfig(n_embd=32, n_layer=1, n_head=2, steps=60, batch_size=16, warmup=5, lr=5e-3)
+    model, tok = load_lm("quickstart", "cpu", corpus=CORPUS, cache_dir=tmp_path, config=cfg)
+    dirs = list(tmp_path.glob("quickstart-lm-*"))
+    assert len(dirs) == 1 and (dirs[0] / "model.safetensors").is_file()
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert tok.pad_token_id != tok.eos_token_id and tok.bos_token_id is not None
+    assert tok.decode(tok("a red circle.", add_special_tokens=False)["input_ids"]) == "a red circle."
+    # learnt the corpus: the greedy continuation of BOS is a corpus-like caption
+    ids = torch.tensor([[tok.bos_token_id]])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    text = tok.decode(out[0], skip_special_tokens=True)
+    assert text.startswith("a ") and "next to" in text
+    # the second call reuses the cache (no retraining) and gives the same weights
+    stamp = (dirs[0] / "model.safetensors").stat().st_mtime_ns
+    t = time.perf_counter()
+    model2, _ = load_lm("quickstart", "cpu", corpus=CORPUS, cache_dir=tmp_path, config=cfg)
+    assert time.perf_counter() - t < 5
+    assert (dirs[0] / "model.safetensors").stat().st_mtime_ns == stamp
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert "weights_sha256" in lm_identity("quickstart", model2)
+    # a different seed is a different cache entry
+    load_lm("quickstart", "cpu", corpus=CORPUS, cache_dir=tmp_path,
+            config=QuickstartLMConfig(n_embd=32, n_layer=1, n_head=2, steps=2, batch_size=16, warmup=1, seed=1))
+    assert len(list(tmp_path.glob("quickstart-lm-*"))) == 2
+
+
+def test_local_directory_roundtrip(tmp_path):
+    model, tok = load_lm("tiny-gpt2", corpus=CORPUS)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    m2, t2 = load_lm(str(tmp_path / "m"))
+    assert len(t2) == len(tok)
+    assert torch.equal(m2.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+def test_encode_captions_bos_eos_truncation():
+    _, tok = load_lm("tiny-gpt2", corpus=CORPUS)
+    ids, lengths = encode_captions(tok, ["a red circle.", "a red circle next to a yellow star."], max_len=5)
+    assert ids.shape == (2, 5) and lengths.tolist() == [5, 5]
+    assert ids[:, 0].tolist() == [tok.bos_token_id] * 2 and ids[:, -1].tolist() == [tok.eos_token_id] * 2
+    ids, lengths = encode_captions(tok, ["a red", "a red circle."], max_len=25)
+    assert lengths.tolist() == [4, 6] and ids[0, 4:].tolist() == [tok.pad_token_id] * 2
+    assert words("A red-circle.") == ["a", "red", "-", "circle", "."]
+
+
+def test_errors_name_the_problem(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(UserError, match="no-such-org/no-such-lm.*local directory"):
+        load_lm("no-such-org/no-such-lm")
+    assert time.perf_counter() - t < 10
+    with pytest.raises(UserError, match="GGUF file"):
+        load_lm(f"gguf:{tmp_path}/missing.gguf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="config.json"):
+        load_lm(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="corpus"):
+        load_lm("quickstart")
+
+
+@pytest.mark.slow
+def test_smollm2_prefix_generation():
+    pytest.importorskip("gguf")
+    model, tok = load_lm("smollm2")
+    emb = torch.randn(2, 4, model.get_input_embeddings().embedding_dim) * 0.01
+    out = model.generate(inputs_embeds=emb, attention_mask=torch.ones(2, 4, dtype=torch.long), num_beams=2,
+                         max_new_tokens=4, pad_token_id=tok.pad_token_id)
+    assert out.shape[0] == 2
+
+
+def test_lm_batches_mask_the_context_and_keep_captions():
+    from maccap.lm import _lm_batch, build_word_tokenizer
+
+    tok = build_word_tokenizer(CORPUS)
+    ids, lengths = encode_captions(tok, CORPUS[:8], 25)
+    cfg = QuickstartLMConfig(context_prob=1.0, context_drop=0.0)
+    batch, mask, labels, pos = _lm_batch(ids, lengths, torch.arange(8), cfg, torch.Generator().manual_seed(0))
+    for j in range(8):
+        n = int(lengths[j])
+        row = batch[j, : int(mask[j].sum())].tolist()
+        ctx, cap = row[: len(row) - n], row[len(row) - n:]
+        assert cap == ids[j, :n].tolist()
+        assert sorted(ctx) == sorted(cap[1:-1])  # the context is the caption's words, shuffled
+        assert (labels[j, : len(ctx) + 1] == -100).all()  # context and BOS are never targets
+        assert labels[j, len(ctx) + 1: len(row)].tolist() == cap[1:]
+    assert (pos[:, 1:] - pos[:, :-1] == 1).all() and pos.max() < cfg.n_positions
+    plain = _lm_batch(ids, lengths, torch.arange(8), QuickstartLMConfig(context_prob=0.0), torch.Generator())
+    assert torch.equal(plain[0][:, : ids.shape[1]], ids)
