@@ -16,6 +16,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def _gram(xc: np.ndarray) -> np.ndarray:
+    """xc.T @ xc through BLAS syrk (one triangle: half the flops of a general matmul)."""
+    from scipy.linalg.blas import dsyrk
+
+    upper = dsyrk(1.0, xc.T, trans=0)  # xc.T is Fortran-ordered when xc is C-ordered: no copy
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
 @dataclass
 class StreamingMoments:
     """Running mean, covariance sums and per-dimension M3/M4 of D-dimensional rows.
@@ -52,7 +60,7 @@ class StreamingMoments:
         out.n = n
         out.mean = x.mean(axis=0)
         xc = x - out.mean
-        out.m2 = xc.T @ xc if full_cov else np.einsum("ij,ij->j", xc, xc)
+        out.m2 = _gram(xc) if full_cov else np.einsum("ij,ij->j", xc, xc)
         if higher:
             sq = xc * xc
             out.m3 = np.einsum("ij,ij->j", sq, xc)
@@ -93,6 +101,25 @@ class StreamingMoments:
         self.mean = self.mean + delta * (nb / n)
         self.n = int(n)
         return self
+
+    def minus(self, part: "StreamingMoments") -> "StreamingMoments":
+        """Mean and M2 of the rows in self but not in `part` (inverse of merge; M3/M4 not derived).
+
+        The result keeps a full M2 only when both self and part have one; otherwise the diagonal.
+        """
+        full = self.full_cov and part.full_cov
+        out = StreamingMoments(self.dim, full_cov=full, higher=False)
+        nb = self.n - part.n
+        if nb <= 0:
+            return out
+        out.n = nb
+        out.mean = (self.n * self.mean - part.n * part.mean) / nb
+        delta = out.mean - part.mean
+        own = self.m2 if full or not self.full_cov else np.diag(self.m2)
+        other = part.m2
+        corr = np.outer(delta, delta) if full else delta * delta
+        out.m2 = own - other - corr * (part.n * nb / self.n)
+        return out
 
     # ---- derived quantities -------------------------------------------------------------------
     def var(self, ddof: int = 1) -> np.ndarray:

@@ -19,7 +19,10 @@ COMMAND_MODULES = ("ls", "env", "validate", "world", "clip_train", "gap", "subre
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """Reproduce, measure and explain text-only zero-shot captioning (MacCap and baselines)."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Libraries that log on the root logger (open_clip) stay at WARNING; this project's packages say more.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for pkg in ("maccap", "analysis", "benchmark"):
+        logging.getLogger(pkg).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 for _name in COMMAND_MODULES:

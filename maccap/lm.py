@@ -243,6 +243,7 @@ def _lm_batch(ids: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor, confi
             words = cap[1:-1]
             keep = [w for w, r in zip(words, torch.rand(len(words), generator=gen).tolist()) if r >= config.context_drop]
             ctx = [keep[j] for j in torch.randperm(len(keep), generator=gen).tolist()]
+            ctx = ctx[: max(0, config.n_positions - len(cap))]  # never past the position table
         rows.append(ctx + cap)
         targets.append([-100] * (len(ctx) + 1) + cap[1:])
     width = max(len(r) for r in rows)

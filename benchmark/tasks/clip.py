@@ -2,7 +2,9 @@
 
 Quickstart backbones (qs-rn, qs-vit) are trained on the world's clip split when their shipped weights
 do not match the world; other backbones are loaded as named and only evaluated.
-Params (ctx.params): split ("val"), steps (None = the shipped setting), probes (True on quickstart data).
+Params (ctx.params): split ("val"), steps (None = the shipped setting), probes (True on quickstart data),
+clip_seed (0, the shipped weights' seed). The CLIP seed is a property of the backbone, shared by every
+captioner seed of a suite, so it is a parameter here and not the run's training seed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def clip_task(ctx: RunContext) -> TaskOutput:
     checksums = {f"captions_{split}.json": split_hash(ctx.data_dir, split)}
     weights: dict = {}
     if quickstart:
-        backbone, trained = ensure_backbone(name, ctx.data_dir, seed=ctx.train_seed,
+        backbone, trained = ensure_backbone(name, ctx.data_dir, seed=int(ctx.params.get("clip_seed", 0)),
                                             cache_dir=Path(ctx.work_dir) / "clip", steps=ctx.params.get("steps"),
                                             progress=ctx.progress, device=ctx.device)
         checksums["captions_clip.json"] = split_hash(ctx.data_dir, "clip")

@@ -1,0 +1,1 @@
+"""Statistics, tables and figures over maccap features and results."""
