@@ -18,6 +18,7 @@ from maccap.registry import Registry
 PREFIXES = ("aligner", "mlp")
 TEST_MEMORIES = ("regions", "cls", "decap-projection", "none")
 TRAIN_NOISES = ("isotropic", "fitted-isotropic", "fitted-diagonal", "fitted-full")
+TRAIN_SOURCES = ("text", "synthetic")  # synthetic: SynTIC (maccap.syntic)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,24 @@ class MethodConfig:
     noise_model_mean: bool = False  # also add the fitted mean offset
     mask_pad_labels: bool = False  # reference quirk: pad tokens are not masked out of the labels
     image_free: bool = False  # the no-image baseline: memory is all zeros in training and at test
+    train_source: str = "text"  # "text": caption features (+ noise); "synthetic": SynTIC (maccap.syntic)
+    # --- SynTIC (train_source="synthetic"; meaning and defaults: maccap.syntic.SynticConfig) ---
+    syntic_renderer: str = "world"  # world | diffusers (maccap.renderers)
+    syntic_renderer_model: str | None = None  # diffusers: hub id or local directory
+    syntic_renderer_steps: int = 25
+    syntic_render_seed: int | None = 0  # None: render per training seed
+    syntic_align: str = "adapter"  # none | mean-shift | adapter
+    syntic_align_temperature: float = 0.07
+    syntic_align_pull: float = 1.0
+    syntic_align_steps: int = 300
+    syntic_align_lr: float = 1e-2
+    syntic_align_batch: int = 256
+    syntic_align_test: bool = True
+    syntic_project: bool = True
+    syntic_project_temperature: float = 0.01
+    syntic_project_exclude_self: bool = False
+    syntic_objects: int = 3
+    syntic_object_vocab: str | None = None
     # --- inference ---
     test_memory: str = "regions"  # regions | cls | decap-projection | none
     n_regions: int = 10
@@ -60,12 +79,26 @@ class MethodConfig:
                 raise UserError(f"method {self.name!r}: {field_name} must be >= 1")
         if self.train_noise_variance < 0 or self.test_noise_variance < 0:
             raise UserError(f"method {self.name!r}: noise variances must be >= 0")
+        if self.train_source not in TRAIN_SOURCES:
+            raise UserError(f"method {self.name!r}: train_source={self.train_source!r}; expected one of "
+                            f"{', '.join(TRAIN_SOURCES)}")
+        if self.train_source == "synthetic":  # SynTIC builds its own test memory from the image feature
+            from maccap.syntic import SynticConfig
+
+            if self.test_memory != "cls" or self.image_free:
+                raise UserError(f"method {self.name!r}: train_source='synthetic' needs test_memory='cls' and "
+                                "image_free=False (the SynTIC bridge builds the memory from the image feature)")
+            SynticConfig.from_method(self)  # validates the syntic_* fields
 
     def train_fields(self) -> dict[str, Any]:
         """The fields that change the trained weights (the captioner cache key)."""
         keys = ("prefix", "train_memory_tokens", "train_noise", "train_noise_variance", "noise_model",
                 "noise_model_mean", "mask_pad_labels", "image_free")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.train_source != "text":  # only then, so the other methods' cache keys stay as they were
+            out["train_source"] = self.train_source
+            out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("syntic_")})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +130,19 @@ _add(MethodConfig("no-image", "Baseline without image information: same LM and a
                   "training and at test (the best caption the pipeline can write blind)", image_free=True,
                   train_noise_variance=0.0, test_memory="none", test_noise_variance=0.0, n_candidates=1,
                   rerank=False))
+
+# SynTIC (maccap.syntic) and its ablations: synthetic images instead of noise; one clean candidate at test.
+_SYNTIC = dict(train_source="synthetic", train_memory_tokens=1, train_noise_variance=0.0, test_memory="cls",
+               test_noise_variance=0.0, n_candidates=1, rerank=False)
+_add(MethodConfig("syntic", "SynTIC: trained on CLIP features of images rendered from the training captions, "
+                  "pulled toward the caption features by a contrastive adapter, projected onto the corpus text "
+                  "features (softmax(sim/0.01)) at train and test, plus 3 salient-object tokens", **_SYNTIC))
+_add(MethodConfig("syntic-no-align", "SynTIC ablation: no feature alignment (raw synthetic / real image features)",
+                  syntic_align="none", **_SYNTIC))
+_add(MethodConfig("syntic-no-project", "SynTIC ablation: no projection onto the corpus text features",
+                  syntic_project=False, **_SYNTIC))
+_add(MethodConfig("syntic-no-objects", "SynTIC ablation: no salient-object memory tokens", syntic_objects=0,
+                  **_SYNTIC))
 
 
 def get_method(name: str, overrides: dict[str, Any] | None = None) -> MethodConfig:

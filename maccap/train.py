@@ -95,8 +95,11 @@ def build_bridge(method: MethodConfig, feat_dim: int, lm_dim: int, config: Align
 
 def training_memory(method: MethodConfig, feats: torch.Tensor, noise: NoiseModel,
                     generator: torch.Generator) -> torch.Tensor:
-    """[B, D] text features -> [B, M, D]: M copies, each with independent noise, renormalised."""
-    mem = feats[:, None].expand(-1, method.train_memory_tokens, -1)
+    """[B, D] text features -> [B, M, D]: M copies, each with independent noise, renormalised.
+
+    A [B, M, D] input is a memory built upstream (SynTIC): only the noise is added.
+    """
+    mem = feats if feats.dim() == 3 else feats[:, None].expand(-1, method.train_memory_tokens, -1)
     if method.image_free:
         return torch.zeros_like(mem)
     return noise.add(mem, generator, renormalise=True)
@@ -330,6 +333,12 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
     feat_cache = work_dir / "features"
     text_feats = None
     captioner = new_captioner(method, lm, tok, backbone.embed_dim, config, train_seed, device)
+    synthetic = method.train_source == "synthetic"
+    if synthetic:  # SynTIC: wrap the aligner (before its weights load) with the corpus text bank
+        from maccap import syntic
+
+        text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
+        syntic.attach(captioner, method, backbone, text_feats)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out / ".lock")):
         if (out / "meta.json").is_file() and (out / "bridge.safetensors").is_file():
@@ -339,14 +348,20 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
             if method.test_memory == "decap-projection":
                 captioner.text_bank = text_feats.to(device)
+            train_feats = text_feats
+            if synthetic:  # SynTIC: memory from rendered images (maccap.syntic)
+                train_feats = syntic.prepare_training(captioner, backbone, corpus, text_feats, feat_cache, train_seed,
+                                                      progress)
             val_fn = _val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress)
-            info = fit(captioner, text_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn)
+            info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn)
             with atomic_path(out / "bridge.safetensors") as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()}, str(tmp))
             meta = {"key": key, "method": method.train_fields(), "backbone": backbone.id, "lm": ident,
                     "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
                     "config": config.to_dict(), "noise_digest": noise_digest, "history": info["history"],
                     "train_seconds": info["seconds"], "captions_per_s": info["captions_per_s"], "steps": info["steps"]}
+            if synthetic:
+                meta["syntic"] = captioner.bridge.info
             atomic_write_json(out / "meta.json", meta)
     captioner.bridge.eval()
     captioner.info = {**meta, "dir": str(out)}

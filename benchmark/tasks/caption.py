@@ -127,7 +127,9 @@ def run_caption(ctx: RunContext) -> TaskOutput:
                 "candidates_per_image": captioner.method.n_candidates},
         items=items,
         extra={"method": captioner.method.to_dict(), "tokenizer": scores.tokenizer,
-               "train_history": info.get("history"), "timings": {"train_or_load_s": t_train, "inference_s": t_infer,
+               "train_history": info.get("history"),
+               "syntic": info.get("syntic"),  # SynTIC's alignment statistics (maccap.syntic); None otherwise
+               "timings": {"train_or_load_s": t_train, "inference_s": t_infer,
                                                                  "metrics_s": t_metrics,
                                                                  "images_per_s": n / t_infer if t_infer else None,
                                                                  "train_captions_per_s": info.get("captions_per_s")}},
