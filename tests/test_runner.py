@@ -218,7 +218,8 @@ def test_quickstart_suite_shares_one_captioner_between_caption_and_vqa() -> None
     cap, vqa = q.entry("caption").params, q.entry("vqa").params
     assert cap["train"] == vqa["train"] and cap["lm"] == vqa["lm"]
     plan = plan_suite(q, "/nonexistent")
-    assert len(plan) == 2 * 3 * (3 + 4 + 1)
+    assert len(plan) == 2 * 3 * (3 + 4 + 3)  # clip, gap, subregion; 4 caption methods; 3 VQA modes
+    assert {e.params["mode"] for e in q.tasks if e.task == "vqa"} == {"prefix", "caption", "no-image"}
     assert [r.entry.task for r in plan][:6] == ["clip"] * 6 and plan[-1].entry.task == "vqa"
 
 
