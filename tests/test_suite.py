@@ -106,7 +106,7 @@ def test_shipped_suites_load_and_are_listed() -> None:
 
 def test_quickstart_and_paper_suites_content() -> None:
     q = load_suite("quickstart")
-    assert [t.task for t in q.tasks] == ["clip", "gap", "subregion", "caption", "vqa"]
+    assert [t.task for t in q.tasks] == ["clip", "gap", "subregion", "caption", "vqa", "vqa", "vqa"]
     assert q.backbones == ("qs-rn", "qs-vit") and len(q.seeds) == 3
     assert q.entry("caption").methods == ("maccap", "capdec", "decap", "no-image")
     coco = load_suite("coco")
