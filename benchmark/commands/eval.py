@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import click
 
@@ -26,25 +24,16 @@ def command(method: str, backbone: str, dataset: str, work_dir: str, results_dir
             eval_seed: int, lm: str | None, config_path: str | None, max_images: int | None, device: str,
             no_progress: bool) -> None:
     """Train-or-load, caption, score; writes result.json, items.jsonl and COCO-format captions."""
-    from benchmark.commands.train import _read_yaml, make_context
-    from benchmark.store import RunKey, build_result, write_run
-    from benchmark.tasks.caption import run_caption
+    from benchmark.commands.train import _read_yaml
+    from benchmark.single import run_single
 
     params = _read_yaml(config_path)
     if lm:
         params["lm"] = lm
     if max_images:
         params["max_images"] = max_images
-    key = RunKey(suite="cli", task="caption", method=method, backbone=backbone, seed=train_seed)
-    run_dir = key.dir(results_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = make_context(method, backbone, dataset, work_dir, train_seed, eval_seed, params, device,
-                       not no_progress, run_dir)
-    t0 = time.perf_counter()
-    out = run_caption(ctx)
-    result = build_result(key, ctx.dataset, {"task": "caption", "params": params, "data_dir": str(ctx.data_dir)},
-                          {"train": train_seed, "eval": eval_seed}, out, {"total_s": time.perf_counter() - t0})
-    path = write_run(Path(run_dir), result, out.items)
+    path, out = run_single("caption", method, backbone, dataset, params, results_dir, work_dir, train_seed, eval_seed,
+                           device, not no_progress)
     for k, v in sorted(out.metrics.items()):
         click.echo(f"{k}: {100 * v if k != 'CLIP-S' else v:.2f}")
     for k, why in sorted(out.skipped_metrics.items()):

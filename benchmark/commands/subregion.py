@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from benchmark.commands.gap import common_options, run_single
+from benchmark.commands.gap import common_options
+from benchmark.single import run_single
 from maccap.errors import UserError
 
 
@@ -16,7 +17,7 @@ from maccap.errors import UserError
 @click.option("--attention-weighting", default="softmax_probs", show_default=True,
               type=click.Choice(["softmax_probs", "probs"]))
 @click.option("--batch-size", default=64, show_default=True, type=int)
-def command(backbone: str, dataset: str, seed: int, results_dir: str, work_dir: str | None, split: str,
+def command(backbone: str, dataset: str, seed: int, results_dir: str, work_dir: str, split: str,
             device: str, no_figures: bool, no_progress: bool, max_images: int | None, grid_scales: str,
             attention_k: int, attention_weighting: str, batch_size: int) -> None:
     """Win-rate of the best subregion per crop kind and scale, next to a mismatched-caption control."""
@@ -28,5 +29,6 @@ def command(backbone: str, dataset: str, seed: int, results_dir: str, work_dir: 
         raise UserError("--grid-scales must be >= 1 and --max-images >= 2 (the control needs two images)")
     params = {"split": split, "max_images": max_images, "grid_scales": scales, "attention_k": attention_k,
               "attention_weighting": attention_weighting, "batch_size": batch_size, "figures": not no_figures}
-    path = run_single("subregion", backbone, dataset, seed, results_dir, params, device, work_dir, not no_progress)
+    path, _ = run_single("subregion", "none", backbone, dataset, params, results_dir, work_dir, seed, seed, device,
+                         not no_progress)
     click.echo(str(path))

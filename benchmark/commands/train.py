@@ -22,20 +22,6 @@ def _read_yaml(path: str | None) -> dict:
     return data
 
 
-def make_context(method: str, backbone: str, dataset: str, work_dir: str, train_seed: int, eval_seed: int,
-                 params: dict, device: str, progress: bool, run_dir: Path | None = None):
-    """A RunContext for one caption run outside a suite."""
-    from benchmark.commands.gap import resolve_dataset
-    from benchmark.store import RunKey
-    from benchmark.tasks import RunContext
-
-    work = Path(work_dir)
-    data_dir, name = resolve_dataset(dataset, work, progress)
-    key = RunKey(suite="cli", task="caption", method=method, backbone=backbone, seed=train_seed)
-    return RunContext(key=key, run_dir=run_dir or work / "cli-runs", work_dir=work, data_dir=data_dir, dataset=name,
-                      params=params, train_seed=train_seed, eval_seed=eval_seed, device=device, progress=progress)
-
-
 @click.command("train")
 @click.option("--method", default="maccap", show_default=True, help="Registered method (maccap-bench ls methods).")
 @click.option("--backbone", default="qs-rn", show_default=True)
@@ -50,12 +36,13 @@ def make_context(method: str, backbone: str, dataset: str, work_dir: str, train_
 def command(method: str, backbone: str, dataset: str, work_dir: str, train_seed: int, lm: str | None,
             config_path: str | None, device: str, no_progress: bool) -> None:
     """Train a captioner on caption text only (cached: a finished one is reused, a killed one resumes)."""
+    from benchmark.single import make_context
     from benchmark.tasks.caption import build_captioner
 
     params = _read_yaml(config_path)
     if lm:
         params["lm"] = lm
-    ctx = make_context(method, backbone, dataset, work_dir, train_seed, 0, params, device, not no_progress)
+    ctx = make_context("caption", method, backbone, dataset, work_dir, params, train_seed, 0, device, not no_progress)
     captioner, _ = build_captioner(ctx)
     info = captioner.info
     click.echo(f"captioner: {info['dir']}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 
 import click
 
@@ -36,9 +34,8 @@ def command(method: str, backbone: str, dataset: str, mode: str, split: str, wor
             train_seed: int, eval_seed: int, lm: str | None, config_path: str | None, max_questions: int | None,
             n_captions: int | None, device: str, no_progress: bool) -> None:
     """Answer the split's VQA questions; writes result.json, items.jsonl and the official results file."""
-    from benchmark.commands.train import _read_yaml, make_context
-    from benchmark.store import RunKey, build_result, write_run
-    from benchmark.tasks.vqa import run_vqa
+    from benchmark.commands.train import _read_yaml
+    from benchmark.single import run_single
 
     params = _read_yaml(config_path)
     params.update({"mode": mode, "split": split})
@@ -48,18 +45,9 @@ def command(method: str, backbone: str, dataset: str, mode: str, split: str, wor
         params["max_questions"] = max_questions
     if n_captions:
         params["n_captions"] = n_captions
-    key = RunKey(suite="cli", task=run_name(mode), method=method, backbone=backbone, seed=train_seed)
-    run_dir = key.dir(results_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = make_context(method, backbone, dataset, work_dir, train_seed, eval_seed, params, device,
-                       not no_progress, run_dir)
-    ctx.key = key
-    t0 = time.perf_counter()
-    out = run_vqa(ctx)
-    result = build_result(key, ctx.dataset, {"task": "vqa", "params": params, "data_dir": str(ctx.data_dir)},
-                          {"train": train_seed, "eval": eval_seed}, out, {"total_s": time.perf_counter() - t0})
-    path = write_run(Path(run_dir), result, out.items)
+    path, out = run_single("vqa", method, backbone, dataset, params, results_dir, work_dir, train_seed, eval_seed,
+                           device, not no_progress, run_name=run_name(mode))
     for k, v in sorted(out.metrics.items()):
         click.echo(f"{k}: {100 * v:.2f}")
     click.echo(f"result: {path}")
-    click.echo(f"answers: {Path(run_dir) / out.artifacts['vqa_results']}")
+    click.echo(f"answers: {path.parent / out.artifacts['vqa_results']}")

@@ -86,15 +86,15 @@ def _quickstart(quick: bool) -> dict[str, Any]:
     import tempfile
     from pathlib import Path
 
-    from benchmark.commands.gap import run_single
+    from benchmark.single import run_single
     from maccap.backbones import BACKBONES
 
     if not BACKBONES.get("qs-rn").shipped_weights.is_file():
         raise FileNotFoundError("qs-rn has no trained weights yet")  # fail before generating the world
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        run_single("gap", "qs-rn", "quickstart", 0, Path(tmp) / "results", {"figures": not quick},
-                   work_dir=Path("results") / "work", progress=False)
+        run_single("gap", "none", "qs-rn", "quickstart", {"figures": not quick}, Path(tmp) / "results",
+                   work_dir="work", progress=False)
         return {"seconds_including_features": time.perf_counter() - t0, "source": "quickstart test split, qs-rn"}
 
 
