@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import signal
 import threading
 import time
@@ -95,7 +96,7 @@ def plan_suite(suite: Suite, results_dir: str | Path, tasks_filter: list[str] | 
     for entry in entries:
         for method in entry.methods:
             for backbone in entry.backbones:
-                for seeds in suite.seeds:
+                for seeds in entry.seed_pairs(suite.seeds):
                     key = RunKey(suite.name, entry.name, method, backbone, seeds.train)
                     config = suite.run_config(entry, method, backbone, seeds)
                     chash = hash_config(config)
@@ -260,12 +261,31 @@ def _lock(results_dir: Path, suite: Suite, shard: tuple[int, int] | None) -> Fil
     return FileLock(str(path), timeout=0)
 
 
+def resolve_jobs(jobs: int | str, suite: Suite, device: str) -> int:
+    """Worker processes for `jobs` ("auto": one per CPU core on the CPU, at most 4; one on a GPU)."""
+    if jobs != "auto":
+        try:
+            n = int(jobs)
+        except (TypeError, ValueError):
+            raise UserError(f"--jobs {jobs!r}: expected a positive integer or 'auto'") from None
+        if n < 1:
+            raise UserError(f"--jobs {jobs!r}: expected a positive integer or 'auto'")
+        return n
+    if resolve_device(device or suite.device) != "cpu":
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, work_dir: str | Path,
               skip_existing: bool = True, stop_on_error: bool = False, dry_run: bool = False,
               progress: bool = True, tasks_filter: list[str] | None = None, shard: tuple[int, int] | None = None,
               device: str | None = None, data_dirs: dict[str, Path] | None = None,
-              report: bool = True) -> RunSummary:
-    """Run every planned run of `suite`; aggregate and (if `report`) render the report at the end unless sharded."""
+              report: bool = True, jobs: int = 1) -> RunSummary:
+    """Run every planned run of `suite`; aggregate and (if `report`) render the report at the end unless sharded.
+
+    `jobs` > 1 runs the shards of `_shard` in that many worker processes (each with an equal share
+    of the CPU threads) and reports once they are all done.
+    """
     t0 = time.perf_counter()
     results_dir, reports_dir, work_dir = Path(results_dir), Path(reports_dir), Path(work_dir)
     runs = plan_suite(suite, results_dir, tasks_filter, shard, skip_existing)
@@ -281,8 +301,12 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         raise UserError(f"another runner is writing {results_dir / slug(suite.name)} (lock {lock.lock_file} is held); "
                         "wait for it to finish or use a different --results-dir") from None
     try:
-        _execute(suite, runs, summary, work_dir, data_dirs or {}, resolve_device(device or suite.device),
-                 stop_on_error, progress)
+        dev = resolve_device(device or suite.device)
+        if jobs > 1 and shard is None and any(not r.done for r in runs):
+            _execute_parallel(suite, runs, summary, results_dir, work_dir, data_dirs or {}, dev, stop_on_error,
+                              progress, tasks_filter, jobs)
+        else:
+            _execute(suite, runs, summary, work_dir, data_dirs or {}, dev, stop_on_error, progress)
     finally:
         lock.release()
     if summary.interrupted:
@@ -322,3 +346,65 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
         if stop.requested:
             summary.interrupted = bool(summary.not_run)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# several worker processes on one machine
+
+def _worker(suite_path: str, results_dir: Path, work_dir: Path, overrides: dict[str, Path], device: str,
+            stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int], threads: int) -> RunSummary:
+    """One shard in a fresh process: its share of the threads, no report, no progress bars."""
+    import torch
+
+    from benchmark.suite import load_suite
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format=f"shard {shard[0]}/{shard[1]} %(levelname)s %(name)s: %(message)s")
+    suite = load_suite(suite_path)
+    runs = plan_suite(suite, results_dir, tasks_filter, shard)
+    summary = RunSummary(suite=suite.name, planned=len(runs))
+    lock = _lock(results_dir, suite, shard)
+    with lock.acquire(timeout=0):
+        _execute(suite, runs, summary, work_dir, overrides, device, stop_on_error, progress=False)
+    return summary
+
+
+def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary, results_dir: Path, work_dir: Path,
+                      overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool,
+                      tasks_filter: list[str] | None, jobs: int) -> None:
+    """Shards in `jobs` processes; shared inputs (worlds) are built first so no two workers race for them.
+
+    Every artefact a worker builds (LM, feature caches, captioners) is keyed and file-locked, so two
+    workers that need the same one build it once. Ctrl-C reaches every worker, which stops after its
+    current run; the overall progress bar counts finished result files.
+    """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    if suite.path is None:
+        raise UserError(f"suite {suite.name!r} has no file; --jobs needs a suite loaded from YAML")
+    data = _DataDirs(work_dir, overrides, progress)
+    for entry in {r.entry.name: r.entry for r in runs if not r.done}.values():
+        try:
+            data.get(entry)
+        except Exception as e:  # noqa: BLE001 - the workers record it against each run
+            log.error("dataset %s could not be built: %s", entry.dataset.display, e)
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // jobs)
+    todo = {r.run_id: r for r in runs if not r.done}
+    ctx = multiprocessing.get_context("spawn")
+    with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
+            tqdm(total=len(todo), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
+        futures = [pool.submit(_worker, str(suite.path), results_dir, work_dir, overrides, device, stop_on_error,
+                               tasks_filter, (i, jobs), threads) for i in range(jobs)]
+        pending = set(futures)
+        while pending:
+            _, pending = cf.wait(pending, timeout=2.0)
+            finished = sum(is_complete(r.run_dir, r.config_hash) for r in todo.values())
+            bar.update(finished - bar.n)
+        for f in futures:
+            part = f.result()
+            summary.ok += part.ok
+            summary.failed += part.failed
+            summary.not_run += part.not_run
+            summary.interrupted |= part.interrupted or stop.requested
+            summary.stopped_on_error |= part.stopped_on_error

@@ -24,6 +24,7 @@ Schema (every hyper-parameter explicit; see docs in results/README.md):
         name: caption           # optional unique entry name used in run ids (default: task)
         methods: [maccap, capdec]   # optional (default: [default])
         backbones: [qs-rn]      # optional subset override
+        seeds: [0]              # optional subset of the training seeds (e.g. analyses of fixed weights)
         dataset: {...}          # optional override
         params: {...}           # free-form, handed to the task as ctx.params
         method_params: {maccap: {...}}  # optional per-method overrides merged over params
@@ -71,8 +72,8 @@ REAL_DATASETS = ("coco", "flickr30k", "vqav2", "cc3m")
 _TOP_KEYS = {"name": str, "version": (int, str), "description": str, "device": str, "dataset": (dict, str),
              "backbones": list, "seeds": list, "eval_seeds": list, "tasks": list}
 _TOP_REQUIRED = ("name", "version", "dataset", "backbones", "seeds", "eval_seeds", "tasks")
-_TASK_KEYS = {"task": str, "name": str, "methods": list, "backbones": list, "dataset": (dict, str),
-              "params": dict, "method_params": dict}
+_TASK_KEYS = {"task": str, "name": str, "methods": list, "backbones": list, "seeds": list,
+              "dataset": (dict, str), "params": dict, "method_params": dict}
 _DATASET_KEYS = {"name": str, "world": dict, "data_dir": str, "label": str}
 _WORLD_KEYS = {"seed": int, "preset": str}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -113,6 +114,11 @@ class TaskSpec:
     dataset: DatasetSpec
     params: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  # training seeds this entry runs (None: all of the suite's)
+
+    def seed_pairs(self, pairs: tuple[SeedPair, ...]) -> tuple[SeedPair, ...]:
+        """The suite's (train, eval) seed pairs this entry runs."""
+        return pairs if self.seeds is None else tuple(p for p in pairs if p.train in self.seeds)
 
     def params_for(self, method: str) -> dict[str, Any]:
         """Entry params with the method's overrides merged over them (nested dicts merged)."""
@@ -393,7 +399,7 @@ def parse_suite(raw: Any, where: str, check_registries: bool = True, path: Path 
         if not isinstance(t, dict):
             raise v.fail(key, f"expected a mapping with `task` and `params`, got {t!r}")
         v.keys(t, _TASK_KEYS, ("task",), f"{key}.")
-        entries.append(_entry(v, t, key, dataset, backbones, tasks_known, check_registries))
+        entries.append(_entry(v, t, key, dataset, backbones, seeds, tasks_known, check_registries))
         if entries[-1].name in names:
             raise v.fail(f"{key}.name", f"duplicate task entry name {entries[-1].name!r}; give each entry a unique `name`")
         names.add(entries[-1].name)
@@ -403,7 +409,7 @@ def parse_suite(raw: Any, where: str, check_registries: bool = True, path: Path 
 
 
 def _entry(v: _V, t: dict[str, Any], key: str, dataset: DatasetSpec, backbones: tuple[str, ...],
-           tasks_known: dict[str, Any], check: bool) -> TaskSpec:
+           suite_seeds: list[int], tasks_known: dict[str, Any], check: bool) -> TaskSpec:
     task = t["task"]
     name = t.get("name", task)
     if not _NAME_RE.match(name):
@@ -422,6 +428,12 @@ def _entry(v: _V, t: dict[str, Any], key: str, dataset: DatasetSpec, backbones: 
         if not isinstance(over, dict):
             raise v.fail(f"{key}.method_params.{m}", f"expected a mapping, got {type(over).__name__}")
     ds = _dataset(v, t["dataset"], f"{key}.dataset") if "dataset" in t else dataset
+    seeds = None
+    if "seeds" in t:
+        seeds = tuple(_seed_list(v, t["seeds"], f"{key}.seeds"))
+        for i, s in enumerate(seeds):
+            if s not in suite_seeds:
+                raise v.fail(f"{key}.seeds[{i}]", f"seed {s} is not one of the suite's seeds ({suite_seeds})")
     return TaskSpec(name=name, task=task, methods=methods, backbones=bbs, dataset=ds,
-                    params=copy.deepcopy(t.get("params", {})), method_params=copy.deepcopy(mp))
+                    params=copy.deepcopy(t.get("params", {})), method_params=copy.deepcopy(mp), seeds=seeds)
 

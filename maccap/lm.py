@@ -54,6 +54,7 @@ class QuickstartLMConfig:
     min_word_count: int = 1
     context_prob: float = 0.5  # share of captions preceded by a shuffled bag of their own words
     context_drop: float = 0.3  # share of the words left out of that context
+    qa_texts: int = 0  # QA texts in the VQA prompt format from fresh scenes (maccap.lm_corpus); 0: captions only
 
 
 def _freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,18 +75,19 @@ def _ensure_special(tokenizer: Any) -> Any:
 
 def load_lm(spec: str, device: str | torch.device = "cpu", *, corpus: Sequence[str] | None = None,
             cache_dir: str | os.PathLike | None = None, config: QuickstartLMConfig | None = None,
-            progress: bool = False) -> tuple[torch.nn.Module, Any]:
+            progress: bool = False, contexts: Sequence[str | None] | None = None) -> tuple[torch.nn.Module, Any]:
     """Return (frozen model, tokenizer) for `spec`; see the module docstring for accepted specs.
 
-    `corpus` and `cache_dir` are needed only by ``quickstart`` (the corpus it is trained on and where
-    the trained checkpoint is kept).
+    `corpus`, `contexts` and `cache_dir` are needed only by ``quickstart`` (the texts it is trained
+    on, see `train_quickstart_lm`, and where the trained checkpoint is kept).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec == "quickstart":
         if corpus is None or cache_dir is None:
             raise UserError("LM 'quickstart' needs the caption corpus and a cache directory")
-        path = train_quickstart_lm(corpus, cache_dir, config or QuickstartLMConfig(), progress=progress)
+        path = train_quickstart_lm(corpus, cache_dir, config or QuickstartLMConfig(), progress=progress,
+                                   contexts=contexts)
         return load_lm(str(path), device)
     if spec == "tiny-gpt2":
         model, tok = tiny_gpt2(corpus or ["a red circle", "a blue square"])
@@ -226,11 +228,14 @@ def encode_captions(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple
 
 
 def _lm_batch(ids: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor, config: QuickstartLMConfig,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              gen: torch.Generator, ctx_ids: torch.Tensor | None = None, ctx_lengths: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LM training batch (ids, attention mask, labels, position ids).
 
-    With probability `context_prob` a caption is preceded by a context: its own words (BOS/EOS and a
-    random `context_drop` share removed) in random order, unlabelled. A captioning LM must be steerable
+    With probability `context_prob` a text is preceded by a context: the words of its context text
+    (`ctx_ids` row, when its length is > 0; else its own words), BOS/EOS and a random `context_drop`
+    share removed, in random order, unlabelled. A QA text's context is a caption of its scene, so the
+    LM learns to answer from the kind of context an image prefix stands in for. A captioning LM must be steerable
     by what precedes BOS: OPT learns such in-context use from web text, while captions whose attributes
     are independent teach an LM to ignore its context, and a frozen LM that ignores its context cannot
     be steered by a prefix. Start positions are random, since captions later follow a soft prefix.
@@ -240,7 +245,8 @@ def _lm_batch(ids: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor, confi
         cap = ids[i, : int(lengths[i])].tolist()
         ctx: list[int] = []
         if float(torch.rand((), generator=gen)) < config.context_prob:
-            words = cap[1:-1]
+            own = ctx_ids is None or ctx_lengths is None or int(ctx_lengths[i]) == 0
+            words = cap[1:-1] if own else ctx_ids[i, 1: int(ctx_lengths[i]) - 1].tolist()
             keep = [w for w, r in zip(words, torch.rand(len(words), generator=gen).tolist()) if r >= config.context_drop]
             ctx = [keep[j] for j in torch.randperm(len(keep), generator=gen).tolist()]
             ctx = ctx[: max(0, config.n_positions - len(cap))]  # never past the position table
@@ -259,26 +265,48 @@ def _lm_batch(ids: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor, confi
 
 
 def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, config: QuickstartLMConfig,
-                        progress: bool = False) -> Path:
+                        progress: bool = False, contexts: Sequence[str | None] | None = None) -> Path:
     """Train (or reuse) the quickstart LM; return its save_pretrained directory.
 
-    The directory name is keyed by (corpus hash, config incl. seed and steps), so a changed corpus or
-    budget gives a fresh model and an unchanged one is loaded from disk.
+    `contexts[i]` (optional, None entries allowed) is the text whose words may precede corpus[i] as a
+    context (see `_lm_batch`). The directory name is keyed by (corpus and contexts hash, config incl.
+    seed and steps), so a changed corpus or budget gives a fresh model and an unchanged one is loaded.
     """
-    from tqdm import tqdm
+    from filelock import FileLock
 
     if not corpus:
         raise UserError("the caption corpus is empty; cannot train the quickstart LM")
-    key = hash_config({"corpus": corpus_hash(corpus), "config": asdict(config), "v": 3})
+    if contexts is not None and len(contexts) != len(corpus):
+        raise ValueError(f"{len(contexts)} contexts for {len(corpus)} texts")
+    has_ctx = contexts is not None and any(c is not None for c in contexts)
+    ctx_key = corpus_hash([c or "" for c in contexts]) if has_ctx else None
+    key = hash_config({"corpus": corpus_hash(corpus), "config": asdict(config), "v": 3,
+                       **({"contexts": ctx_key} if has_ctx else {})})
     out = Path(cache_dir) / f"quickstart-lm-{key}"
     if (out / "DONE").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / f".{out.name}.lock")):  # workers sharing a work dir train it once
+        if not (out / "DONE").is_file():
+            _train_quickstart_lm(corpus, contexts if has_ctx else None, out, config, progress)
+    return out
+
+
+def _train_quickstart_lm(corpus: Sequence[str], contexts: Sequence[str | None] | None, out: Path,
+                         config: QuickstartLMConfig, progress: bool) -> None:
+    """The training loop; `out` gets the save_pretrained checkpoint, then its DONE marker."""
+    from tqdm import tqdm
+
     log.info("training the quickstart LM on %d captions (%d steps)", len(corpus), config.steps)
     tok = build_word_tokenizer(corpus, config.min_word_count)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = _gpt2(tok, config.n_embd, config.n_layer, config.n_head, config.n_positions)
     ids, lengths = encode_captions(tok, corpus, config.max_len)
+    ctx_ids = ctx_lengths = None
+    if contexts is not None:
+        ctx_ids, ctx_lengths = encode_captions(tok, [c or "" for c in contexts], config.max_len)
+        ctx_lengths = torch.where(torch.tensor([c is not None for c in contexts]), ctx_lengths, 0)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
 
     def lr_factor(step: int) -> float:
@@ -297,7 +325,7 @@ def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, con
             perm, pos = torch.randperm(len(ids), generator=gen), 0
         idx = perm[pos: pos + config.batch_size]
         pos += config.batch_size
-        batch, mask, labels, positions = _lm_batch(ids, lengths, idx, config, gen)
+        batch, mask, labels, positions = _lm_batch(ids, lengths, idx, config, gen, ctx_ids, ctx_lengths)
         loss = model(input_ids=batch, attention_mask=mask, labels=labels, position_ids=positions).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -312,7 +340,6 @@ def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, con
     atomic_write_json(out / "quickstart_lm.json", {"corpus_hash": corpus_hash(corpus), "config": asdict(config),
                                                    "final_loss": float(loss.item()), "n_captions": len(corpus)})
     atomic_write_json(out / "DONE", {"ok": True})
-    return out
 
 
 def lm_identity(spec: str, model: torch.nn.Module) -> dict[str, Any]:

@@ -106,11 +106,14 @@ def image_scene_signatures(data_dir: Path) -> set[tuple]:
 
 def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn: QuestionFn,
              captions_fn: CaptionFn, context_fraction: float = 0.5, questions_per_scene: int = 2,
-             max_tokens: int | None = 23) -> list[str]:
-    """n_qa QA texts from fresh scenes (signature not in `taken`), deterministic in `seed`.
+             max_tokens: int | None = 23) -> list[tuple[str, str]]:
+    """n_qa (QA text, caption of the same scene) pairs from fresh scenes (signature not in `taken`).
 
-    A text with a caption in front that would exceed `max_tokens` word-level tokens (the quickstart
-    LM truncates its training texts) is written without the caption instead.
+    Deterministic in `seed`. A `context_fraction` of the texts carry the caption inline in front
+    (the caption-then-answer format); one that would exceed `max_tokens` word-level tokens (the
+    quickstart LM truncates its training texts) is written without it. The caption is returned with
+    every text: the LM may see its words as an unordered context (maccap.lm), the form an image
+    prefix takes.
     """
     from maccap.lm import words
     from maccap.world.scene import sample_scene, scene_signature
@@ -118,7 +121,7 @@ def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn:
     if not 0.0 <= context_fraction <= 1.0:
         raise UserError(f"context_fraction={context_fraction} must lie in [0, 1]")
     rng = np.random.default_rng([int(seed), STREAM])
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     attempts = 0
     while len(out) < n_qa:
         attempts += 1
@@ -130,13 +133,13 @@ def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn:
             continue
         for q in questions_fn(scene, rng, questions_per_scene):
             question, answer = " ".join(str(q["question"]).split()), answer_of(q)
+            caption = " ".join(str(captions_fn(scene, rng, 1)[0]).split())
             text = QA_TEXT.format(question=question, answer=answer)
             if rng.random() < context_fraction:
-                caption = " ".join(str(captions_fn(scene, rng, 1)[0]).split())
                 with_context = CONTEXT_QA_TEXT.format(context=caption, question=question, answer=answer)
                 if max_tokens is None or len(words(with_context)) <= max_tokens:
                     text = with_context
-            out.append(text)
+            out.append((text, caption))
             if len(out) == n_qa:
                 break
     return out
@@ -144,12 +147,15 @@ def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn:
 
 def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context_fraction: float = 0.5,
                           questions_per_scene: int = 2, max_tokens: int | None = 23,
-                          questions_fn: QuestionFn | None = None, captions_fn: CaptionFn | None = None) -> list[str]:
+                          questions_fn: QuestionFn | None = None, captions_fn: CaptionFn | None = None
+                          ) -> tuple[list[str], list[str | None]]:
     """The quickstart LM's pre-training text: corpus_train.json captions, then n_qa QA texts.
 
-    Same (world, seed, n_qa, options) -> the same list. `max_tokens` should be the LM's max_len - 2
-    (BOS and EOS); texts never exceed it when they carry a caption. The generators default to the
-    world's public ones (`maccap.world.scene_questions` / `scene_captions`); pass others for another world.
+    Returns (texts, contexts): contexts[i] is the text whose words may precede texts[i] as an
+    unordered context (None: the text's own words; a QA text gets a caption of its scene).
+    Same (world, seed, n_qa, options) -> the same lists. `max_tokens` should be the LM's
+    max_len - 2 (BOS and EOS). The generators default to the world's public ones
+    (`maccap.world.scene_questions` / `scene_captions`); pass others for another world.
     """
     from maccap.train import load_corpus_texts
 
@@ -157,10 +163,11 @@ def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context
     if n_qa < 0:
         raise UserError(f"n_qa={n_qa} must be >= 0")
     captions = load_corpus_texts(data_dir)
+    contexts: list[str | None] = [None] * len(captions)
     if n_qa == 0:
-        return captions
-    texts = qa_texts(n_qa, seed, world_config(data_dir), image_scene_signatures(data_dir),
+        return captions, contexts
+    pairs = qa_texts(n_qa, seed, world_config(data_dir), image_scene_signatures(data_dir),
                      questions_fn or world_questions, captions_fn or world_captions, context_fraction,
                      questions_per_scene, max_tokens)
-    log.info("LM pre-training corpus: %d captions + %d QA texts", len(captions), len(texts))
-    return captions + texts
+    log.info("LM pre-training corpus: %d captions + %d QA texts", len(captions), len(pairs))
+    return captions + [t for t, _ in pairs], contexts + [c for _, c in pairs]

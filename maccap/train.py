@@ -322,13 +322,21 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
     memo = (lm_spec, str(device), corpus_hash(full_corpus), str(work_dir), repr(lm_config))
     if memo not in _LM_MEMO:  # the LM is frozen, so runs in one process can share it
         _LM_MEMO.clear()
-        _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=full_corpus, cache_dir=work_dir / "lm", config=lm_config,
-                                 progress=progress)
+        lm_texts, lm_contexts = full_corpus, None
+        if lm_spec == "quickstart" and lm_config is not None and lm_config.qa_texts:
+            from maccap.lm_corpus import lm_pretraining_corpus
+
+            lm_texts, lm_contexts = lm_pretraining_corpus(corpus_dir, lm_config.seed, lm_config.qa_texts,
+                                                          max_tokens=lm_config.max_len - 2)
+        _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=lm_texts, contexts=lm_contexts, cache_dir=work_dir / "lm",
+                                 config=lm_config, progress=progress)
     lm, tok = _LM_MEMO[memo]
     ident = lm_identity(lm_spec, lm)
     if noise is None:
         noise = NoiseModel.isotropic(method.train_noise_variance)
-    key = captioner_key(method, backbone.id, ident, corpus_hash(corpus), train_seed, config, noise_digest)
+    # A blind captioner never sees a feature: backbones of one width share it.
+    feature_source = f"blind-{backbone.embed_dim}d" if method.image_free else backbone.id
+    key = captioner_key(method, feature_source, ident, corpus_hash(corpus), train_seed, config, noise_digest)
     out = work_dir / "captioners" / key
     feat_cache = work_dir / "features"
     text_feats = None
@@ -356,7 +364,7 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn)
             with atomic_path(out / "bridge.safetensors") as tmp:
                 save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()}, str(tmp))
-            meta = {"key": key, "method": method.train_fields(), "backbone": backbone.id, "lm": ident,
+            meta = {"key": key, "method": method.train_fields(), "backbone": feature_source, "lm": ident,
                     "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
                     "config": config.to_dict(), "noise_digest": noise_digest, "history": info["history"],
                     "train_seconds": info["seconds"], "captions_per_s": info["captions_per_s"], "steps": info["steps"]}

@@ -112,3 +112,12 @@ def test_lm_batches_mask_the_context_and_keep_captions():
     assert (pos[:, 1:] - pos[:, :-1] == 1).all() and pos.max() < cfg.n_positions
     plain = _lm_batch(ids, lengths, torch.arange(8), QuickstartLMConfig(context_prob=0.0), torch.Generator())
     assert torch.equal(plain[0][:, : ids.shape[1]], ids)
+    # a text with a context text (a QA text and its scene's caption) gets that text's words instead
+    ctx_ids, ctx_len = encode_captions(tok, CORPUS[8:16], 25)
+    ctx_len[1] = 0  # no context text: its own words
+    batch, mask, _, _ = _lm_batch(ids, lengths, torch.arange(8), cfg, torch.Generator(), ctx_ids, ctx_len)
+    for j in range(8):
+        row = batch[j, : int(mask[j].sum())].tolist()
+        own = ids[j, 1: int(lengths[j]) - 1].tolist()
+        given = own if j == 1 else ctx_ids[j, 1: int(ctx_len[j]) - 1].tolist()
+        assert sorted(row[: len(row) - int(lengths[j])]) == sorted(given)

@@ -93,6 +93,29 @@ def test_killed_suite_resumes_to_the_same_table(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(_final_table(killed), _final_table(clean))
 
 
+def test_parallel_workers_give_the_same_table_as_one_process(tmp_path: Path) -> None:
+    """--jobs 2: the shards run in two processes, every run once, one final table equal to a serial run."""
+    path = _suite(tmp_path, methods=("maccap", "broken"))
+    serial = _run(path, tmp_path / "serial")
+    par = _run(path, tmp_path / "par", jobs=2)
+    assert sorted(par.ok) == sorted(serial.ok) and sorted(par.failed) == sorted(serial.failed)
+    assert par.tidy is not None and not par.interrupted
+    pd.testing.assert_frame_equal(_final_table(tmp_path / "par"), _final_table(tmp_path / "serial"))
+    again = _run(path, tmp_path / "par", jobs=2)  # resumable like a serial run: only the failures rerun
+    assert not again.ok and len(again.skipped) == len(serial.ok) and sorted(again.failed) == sorted(serial.failed)
+
+
+def test_jobs_option_is_checked() -> None:
+    from benchmark.runner import resolve_jobs
+
+    suite = load_suite("tiny")
+    assert resolve_jobs("3", suite, "cpu") == 3 and resolve_jobs("auto", suite, "cuda") == 1
+    assert 1 <= resolve_jobs("auto", suite, "cpu") <= 4
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(UserError, match="--jobs"):
+            resolve_jobs(bad, suite, "cpu")
+
+
 def test_ctrl_c_stops_at_safe_point_and_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     flag = tmp_path / "sigint-now"
     flag.touch()

@@ -45,6 +45,14 @@ def test_valid_suite_parses_with_pairs_and_merged_params(tmp_path: Path) -> None
     assert c1 != s.config_hash(entry, "capdec", "qs-rn", s.seeds[0])
 
 
+def test_entry_seeds_select_a_subset_of_the_seed_pairs(tmp_path: Path) -> None:
+    d = _base()
+    d["tasks"].append({"task": "gap", "seeds": [1]})
+    s = load_suite(_write(tmp_path, d))
+    assert s.tasks[0].seed_pairs(s.seeds) == s.seeds
+    assert s.tasks[1].seed_pairs(s.seeds) == (SeedPair(1, 11),)
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d.update(backbone=["qs-rn"]), "backbone: unknown key; did you mean 'backbones'?"),
     (lambda d: d.pop("eval_seeds"), "eval_seeds: missing required key"),
@@ -69,6 +77,8 @@ def test_valid_suite_parses_with_pairs_and_merged_params(tmp_path: Path) -> None
     (lambda d: d.update(name="a b"), "name: 'a b'"),
     (lambda d: d.update(tasks=[]), "tasks: expected a non-empty list"),
     (lambda d: d.update(version=[1]), "version: expected an integer or a string"),
+    (lambda d: d["tasks"][0].update(seeds=[5]), "tasks[0].seeds[0]: seed 5 is not one of the suite's seeds"),
+    (lambda d: d["tasks"][0].update(seeds=[]), "tasks[0].seeds: expected a non-empty list"),
 ])
 def test_validation_errors_name_file_and_key(tmp_path: Path, mutate, expected: str) -> None:
     d = _base()

@@ -381,9 +381,14 @@ def test_lm_corpus_with_the_world_generators(task_setup):
     from maccap.train import load_corpus_texts
 
     world = task_setup[1]
-    corpus = lm_pretraining_corpus(world, seed=3, n_qa=60)
-    qa = corpus[len(load_corpus_texts(world)):]
-    assert len(qa) == 60 and qa == lm_pretraining_corpus(world, seed=3, n_qa=60)[-60:]
+    corpus, contexts = lm_pretraining_corpus(world, seed=3, n_qa=60)
+    n_captions = len(load_corpus_texts(world))
+    qa = corpus[n_captions:]
+    assert len(qa) == 60 and qa == lm_pretraining_corpus(world, seed=3, n_qa=60)[0][-60:]
+    assert contexts[:n_captions] == [None] * n_captions  # a caption's context is its own words
+    for text, caption in zip(qa, contexts[n_captions:]):  # a QA text's context is a caption of its scene
+        assert caption and "Question:" not in caption
+        assert text.startswith("Question: ") or text.startswith(caption + " Question: ")
     asked = " ".join(qa).lower()
     for phrase in ("what colo", "how many", "short answer: yes", "short answer: no"):
         assert phrase in asked, phrase
@@ -404,7 +409,8 @@ def test_lm_corpus_is_deterministic_disjoint_and_in_prompt_format(toy_world):
         return _toy_questions(scene, rng, n)
 
     kw = dict(questions_fn=recording, captions_fn=_toy_captions, max_tokens=23)
-    corpus = lm_pretraining_corpus(toy_world, seed=0, n_qa=50, **kw)
+    corpus, contexts = lm_pretraining_corpus(toy_world, seed=0, n_qa=50, **kw)
+    assert len(contexts) == len(corpus)
     captions = load_corpus_texts(toy_world)
     assert corpus[:len(captions)] == captions and len(corpus) == len(captions) + 50
     qa = corpus[len(captions):]
@@ -414,10 +420,10 @@ def test_lm_corpus_is_deterministic_disjoint_and_in_prompt_format(toy_world):
     taken = image_scene_signatures(toy_world)
     assert taken and not (set(seen) & taken)
     assert lm_pretraining_corpus(toy_world, seed=0, n_qa=50, questions_fn=_toy_questions,
-                                 captions_fn=_toy_captions) == corpus
+                                 captions_fn=_toy_captions) == (corpus, contexts)
     assert lm_pretraining_corpus(toy_world, seed=1, n_qa=50, questions_fn=_toy_questions,
-                                 captions_fn=_toy_captions) != corpus
-    assert lm_pretraining_corpus(toy_world, seed=0, n_qa=0) == captions
+                                 captions_fn=_toy_captions)[0] != corpus
+    assert lm_pretraining_corpus(toy_world, seed=0, n_qa=0) == (captions, [None] * len(captions))
     with pytest.raises(UserError, match="n_qa"):
         lm_pretraining_corpus(toy_world, seed=0, n_qa=-1)
 
@@ -429,10 +435,10 @@ def test_vqa_runs_on_an_lm_pretrained_with_qa_text(toy_world, tmp_path):
     from maccap.lm_corpus import lm_pretraining_corpus
     from maccap.world.config import COLOUR_NAMES
 
-    corpus = lm_pretraining_corpus(toy_world, seed=0, n_qa=400, questions_fn=_toy_questions,
-                                   captions_fn=_toy_captions)
+    corpus, contexts = lm_pretraining_corpus(toy_world, seed=0, n_qa=400, questions_fn=_toy_questions,
+                                             captions_fn=_toy_captions)
     cfg = QuickstartLMConfig(n_embd=32, n_layer=1, n_head=2, steps=80, batch_size=32, lr=5e-3, warmup=5)
-    lm, tok = load_lm("quickstart", corpus=corpus, cache_dir=tmp_path, config=cfg)
+    lm, tok = load_lm("quickstart", corpus=corpus, contexts=contexts, cache_dir=tmp_path, config=cfg)
     qs = [{"question_id": 1, "image_id": 0, "question": "what colour is the circle?"},
           {"question_id": 2, "image_id": 0, "question": "how many objects are there?"}]
     out = answer_questions(qs, VQAConfig(mode="no-image"), lm=lm, tokenizer=tok)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from benchmark.runner import format_plan, parse_shard, plan_suite, run_suite
+from benchmark.runner import format_plan, parse_shard, plan_suite, resolve_jobs, run_suite
 from benchmark.suite import load_suite
 from maccap.errors import UserError
 
@@ -36,10 +36,12 @@ def _data_overrides(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--only", "only", multiple=True, metavar="TASK", help="Run only these task entries (repeatable).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the suite's).")
 @click.option("--data", "data", multiple=True, metavar="NAME=PATH", help="Data directory of a dataset (repeatable).")
+@click.option("--jobs", default="auto", show_default=True, metavar="N|auto",
+              help="Worker processes on this machine (auto: one per CPU core, at most 4; 1 on a GPU).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def command(suite: str, results_dir: str, reports_dir: str, work_dir: str, dry_run: bool, skip_existing: bool,
             stop_on_error: bool, shard: str | None, only: tuple[str, ...], device: str | None,
-            data: tuple[str, ...], no_progress: bool) -> None:
+            data: tuple[str, ...], jobs: str, no_progress: bool) -> None:
     """Run SUITE (a shipped name or a YAML path; default: quickstart)."""
     s = load_suite(suite)
     shard_t = parse_shard(shard)
@@ -48,7 +50,8 @@ def command(suite: str, results_dir: str, reports_dir: str, work_dir: str, dry_r
         return
     summary = run_suite(s, results_dir, reports_dir, work_dir, skip_existing=skip_existing,
                         stop_on_error=stop_on_error, progress=not no_progress, tasks_filter=list(only) or None,
-                        shard=shard_t, device=device, data_dirs=_data_overrides(data))
+                        shard=shard_t, device=device, data_dirs=_data_overrides(data),
+                        jobs=resolve_jobs(jobs, s, device))
     click.echo(f"suite {s.name}: {summary.planned} runs: {len(summary.skipped)} reused, {len(summary.ok)} ok, "
                f"{len(summary.failed)} failed, {len(summary.not_run)} not run ({summary.wall_s:.1f} s)")
     for rid in summary.failed:

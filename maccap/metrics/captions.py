@@ -13,6 +13,7 @@ confidence intervals must resample the stored per-item values, never re-run CIDE
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -284,16 +285,36 @@ def _run_bleu(s: CaptionScores, ids: list[str], gts: _Gts, res: _Gts, *_: object
         s.per_item[f"BLEU-{n + 1}"] = _per_item(ids, per[n])
 
 
+_METEOR: dict[tuple[str, str], _WorkDirMeteor] = {}
+
+
+def _meteor(java: str, heap: str) -> _WorkDirMeteor:
+    """One METEOR JVM per (java, heap) for the whole process: its start (~10 s, the paraphrase
+    tables) dwarfs scoring 500 captions (~2 s), and a suite scores dozens of runs. Segment scores
+    do not depend on what the JVM scored before, so sharing it changes no number."""
+    scorer = _METEOR.get((java, heap))
+    if scorer is None or scorer.meteor_p is None or scorer.meteor_p.poll() is not None:
+        cwd = Path(tempfile.mkdtemp(prefix="maccap-meteor-"))  # never site-packages
+        scorer = _METEOR[(java, heap)] = _WorkDirMeteor(java, cwd, heap)
+    return scorer
+
+
+@atexit.register
+def _close_meteors() -> None:
+    for scorer in _METEOR.values():
+        scorer.close()
+    _METEOR.clear()
+
+
 def _run_meteor(s: CaptionScores, ids: list[str], gts: _Gts, res: _Gts, java: str, wd: Path, heap: str) -> None:
-    scorer = _WorkDirMeteor(java, wd, heap)
+    scorer = _meteor(java, heap)
     try:
         corpus, per = scorer.compute_score(gts, res)
     except (ValueError, OSError) as e:  # the JVM died or printed something unexpected
+        scorer.close()
         s.skipped["meteor"] = f"METEOR failed: {e}"
         log.warning("METEOR failed: %s", e)
         return
-    finally:
-        scorer.close()
     s.metrics["METEOR"] = float(corpus)
     s.per_item["METEOR"] = _per_item(ids, per)
 
