@@ -197,7 +197,9 @@ def ensure_quickstart_world(out_dir: Path, world: dict[str, Any], progress: bool
         raise UserError(f"the quickstart world generator is not available ({e}); cannot build {out_dir}") from None
 
     log.info("ensuring quickstart world (preset %s, seed %s) in %s", world["preset"], world["seed"], out_dir)
-    res = ensure_world(out_dir, world["seed"], WorldConfig.preset(world["preset"]), progress=progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):  # sweep workers and ranks share work_dir
+        res = ensure_world(out_dir, world["seed"], WorldConfig.preset(world["preset"]), progress=progress)
     if isinstance(res, (str, Path)) and Path(res).is_dir():
         return Path(res)
     return out_dir  # ensure_world returns the manifest path; the data directory is out_dir
