@@ -100,3 +100,35 @@ def test_two_gloo_ranks_train_the_weights_of_one_process(tmp_path: Path) -> None
     assert ranks[1]["checkpoint_writes"] == []  # only rank 0 writes
     for r in ranks:  # every rank logs the loss of the whole global batch, as one process does
         assert [h["loss"] for h in r["history"]] == pytest.approx([h["loss"] for h in info["history"]], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_train_under_torchrun_matches_one_process(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m benchmark.cli train ...` trains the captioner one process trains."""
+    import yaml
+    from test_train import _mini_world
+
+    data = _mini_world(tmp_path / "data")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_iters": 2,
+                                             "max_captions": 22, "val_images": 1,
+                                             "aligner": {"n_queries": 3, "n_heads": 2, "ffn_dim": 16, "dropout": 0.0}}}))
+    args = ["train", "--dataset", str(data), "--lm", "tiny-gpt2", "--config", str(cfg), "--no-progress"]
+    ddp = _torchrun(["-m", "benchmark.cli", *args, "--work-dir", str(tmp_path / "w2")])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("captioner:") == 1 and "trained on 2 ranks" in ddp.stdout  # rank 0 speaks
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    one = subprocess.run([sys.executable, "-m", "benchmark.cli", *args, "--work-dir", str(tmp_path / "w1")],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    d2 = Path(ddp.stdout.split("captioner: ")[1].split()[0])
+    d1 = Path(one.stdout.split("captioner: ")[1].split()[0])
+    assert d1.name == d2.name  # same cache key: world size does not change what is trained
+    w1, w2 = load_file(str(d1 / "bridge.safetensors")), load_file(str(d2 / "bridge.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5, msg=k)
+    meta = json.loads((d2 / "meta.json").read_text())
+    assert meta["distributed"] == {"world_size": 2, "backend": "gloo"}
+    # a rerun under torchrun finds the finished captioner and trains nothing
+    again = _torchrun(["-m", "benchmark.cli", *args, "--work-dir", str(tmp_path / "w2")])
+    assert again.returncode == 0 and "epoch 2" in again.stdout, again.stderr[-2000:]
