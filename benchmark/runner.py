@@ -238,7 +238,8 @@ def execute_run(run: PlannedRun, suite: Suite, data_dir: Path | Callable[[], Pat
     timings = {"total_s": round(time.perf_counter() - t0, 4)}
     out.extra = dict(out.extra)
     out.extra["runner"] = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
-                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display}
+                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display,
+                           "suite_overrides": list(suite.overrides)}
     seeds = {"train": run.seeds.train, "eval": run.seeds.eval}
     result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error)
     try:
@@ -291,15 +292,20 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         log.warning("stopped: %d runs finished, %d left; run the same command again to resume "
                     "(finished runs are kept and skipped)", len(summary.ok) + len(summary.failed), len(summary.not_run))
     elif not summary.stopped_on_error and shard is None:
-        from analysis.aggregate import aggregate
-        from analysis.report import render_report
-
-        agg = aggregate(results_dir, suite=suite.name, progress=progress)
-        summary.tidy = agg.paths.get("csv")
-        if report:
-            summary.report = render_report(results_dir, reports_dir, suite.name, agg=agg)
+        summary.tidy, summary.report = summarize_suite(suite, results_dir, reports_dir, report, progress)
     summary.wall_s = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def summarize_suite(suite: Suite, results_dir: Path, reports_dir: str | Path, report: bool = True,
+                    progress: bool = False) -> tuple[Path | None, Path | None]:
+    """Aggregate the store's runs of `suite` (tidy CSV) and render the report: (csv path, report path)."""
+    from analysis.aggregate import aggregate
+    from analysis.report import render_report
+
+    agg = aggregate(results_dir, suite=suite.name, progress=progress)
+    html = render_report(results_dir, Path(reports_dir), suite.name, agg=agg) if report else None
+    return agg.paths.get("csv"), html
 
 
 def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
