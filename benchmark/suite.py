@@ -240,7 +240,7 @@ def _set_path(nodes: list[Any], parts: list[str], value: Any, text: str, where: 
             if not rest:
                 node[head] = copy.deepcopy(value)
                 continue
-            if not isinstance(node.get(head), (dict, list)):
+            if node.get(head) is None:
                 node[head] = {}
             _set_path([node[head]], rest, value, text, where)
         elif isinstance(node, list):
