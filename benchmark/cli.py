@@ -53,3 +53,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+
+
+if __name__ == "__main__":  # `python -m benchmark.cli` (and `torchrun -m benchmark.cli train ...`)
+    main()

@@ -1,4 +1,4 @@
-"""What a suite needs before it can run here: data directories, CLIP weights, language models.
+"""What a suite needs before it can run here: data, CLIP weights, language models, Java and SPICE's jars.
 
 `validate` prints these so a user learns everything that is missing at once, before hours of compute.
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +16,7 @@ from benchmark.suite import DatasetSpec, Suite
 
 @dataclass(frozen=True)
 class Requirement:
-    kind: str  # data | backbone | lm
+    kind: str  # data | backbone | lm | tool
     name: str
     ok: bool
     detail: str  # what was found, or how to provide it
@@ -91,6 +92,62 @@ def data_requirement(ds: DatasetSpec) -> Requirement:
     return Requirement("data", ds.display, True, f"{data_dir} is complete")
 
 
+def data_files_requirement(ds: DatasetSpec, files: list[str], what: str) -> Requirement:
+    """Files a task entry reads from a data directory beyond the basic layout (VQA questions, a split)."""
+    data_dir = Path(ds.data_dir or f"data/{ds.name}")
+    missing = [f for f in files if not (data_dir / f).is_file()]
+    if missing:
+        return Requirement("data", f"{ds.display} {what}", False,
+                           f"{', '.join(str(data_dir / f) for f in missing)} missing; {_how_to_add(ds.name, what)}")
+    return Requirement("data", f"{ds.display} {what}", True, f"{', '.join(files)} present in {data_dir}")
+
+
+def _how_to_add(name: str, what: str) -> str:
+    if what.startswith("vqa"):
+        split = what.split()[-1]
+        return f"add them with `maccap-bench data prepare vqav2 --out DIR --split {split}` (after preparing coco)"
+    return f"prepare it with `maccap-bench data prepare {name} ...`"
+
+
+def java_requirement(purpose: str) -> Requirement:
+    java = shutil.which("java")
+    return Requirement("tool", f"java ({purpose})", java is not None,
+                       f"found {java}" if java else f"no `java` on PATH; install Java 8+ or drop {purpose} "
+                       "from the suite's metrics (it would be recorded as skipped)")
+
+
+def spice_requirement() -> Requirement:
+    from maccap.metrics.captions import spice_status
+
+    ok, reason = spice_status()
+    return Requirement("tool", "SPICE jars", ok, "Stanford CoreNLP 3.6.0 jars present" if ok else
+                       f"{reason}; otherwise SPICE is recorded as skipped (docs/footguns.md section 4)")
+
+
+def entry_requirements(entry: Any) -> list[Requirement]:
+    """Data files, training corpora and metric tools one task entry needs (beyond its backbones and LM)."""
+    p = entry.params
+    out = [data_requirement(entry.dataset)]
+    if p.get("train_data_dir"):  # cross-domain: the training corpus comes from another prepared dataset
+        out.append(data_requirement(DatasetSpec(name=Path(p["train_data_dir"]).name, data_dir=p["train_data_dir"],
+                                                label=f"{Path(p['train_data_dir']).name} (training corpus)")))
+    if entry.dataset.is_quickstart:
+        return out
+    split = p.get("split", "test")
+    if entry.task == "vqa":
+        out.append(data_files_requirement(entry.dataset, [f"captions_{split}.json", f"vqa/questions_{split}.json",
+                                                          f"vqa/annotations_{split}.json"], f"vqa {split}"))
+    elif entry.task in ("caption", "gap", "subregion") and Path(entry.dataset.data_dir or "").is_dir():
+        out.append(data_files_requirement(entry.dataset, [f"captions_{split}.json"], f"split {split}"))
+    if entry.task == "caption":
+        metrics = p.get("metrics") or ["bleu", "meteor", "rouge", "cider", "spice", "clip_s"]
+        if "meteor" in metrics:
+            out.append(java_requirement("METEOR"))
+        if "spice" in metrics:
+            out += [java_requirement("SPICE"), spice_requirement()]
+    return out
+
+
 def _lm_specs(params: Any) -> Iterator[str]:
     if isinstance(params, dict):
         for k, v in params.items():
@@ -103,9 +160,9 @@ def _lm_specs(params: Any) -> Iterator[str]:
 def suite_requirements(suite: Suite) -> list[Requirement]:
     reqs: dict[tuple[str, str], Requirement] = {}
     for entry in suite.tasks:
-        for fn, names in ((data_requirement, [entry.dataset]), (backbone_requirement, entry.backbones),
-                          (lm_requirement, list(_lm_specs(entry.params)))):
-            for n in names:
-                r = fn(n)
-                reqs.setdefault((r.kind, r.name), r)
+        found = entry_requirements(entry)
+        found += [backbone_requirement(b) for b in entry.backbones]
+        found += [lm_requirement(s) for s in _lm_specs(entry.params)]
+        for r in found:
+            reqs.setdefault((r.kind, r.name), r)
     return list(reqs.values())

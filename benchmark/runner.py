@@ -198,7 +198,9 @@ def ensure_quickstart_world(out_dir: Path, world: dict[str, Any], progress: bool
         raise UserError(f"the quickstart world generator is not available ({e}); cannot build {out_dir}") from None
 
     log.info("ensuring quickstart world (preset %s, seed %s) in %s", world["preset"], world["seed"], out_dir)
-    res = ensure_world(out_dir, world["seed"], WorldConfig.preset(world["preset"]), progress=progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):  # sweep workers and ranks share work_dir
+        res = ensure_world(out_dir, world["seed"], WorldConfig.preset(world["preset"]), progress=progress)
     if isinstance(res, (str, Path)) and Path(res).is_dir():
         return Path(res)
     return out_dir  # ensure_world returns the manifest path; the data directory is out_dir
@@ -237,7 +239,8 @@ def execute_run(run: PlannedRun, suite: Suite, data_dir: Path | Callable[[], Pat
     timings = {"total_s": round(time.perf_counter() - t0, 4)}
     out.extra = dict(out.extra)
     out.extra["runner"] = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
-                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display}
+                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display,
+                           "suite_overrides": list(suite.overrides)}
     seeds = {"train": run.seeds.train, "eval": run.seeds.eval}
     result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error)
     try:
@@ -313,15 +316,20 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         log.warning("stopped: %d runs finished, %d left; run the same command again to resume "
                     "(finished runs are kept and skipped)", len(summary.ok) + len(summary.failed), len(summary.not_run))
     elif not summary.stopped_on_error and shard is None:
-        from analysis.aggregate import aggregate
-        from analysis.report import render_report
-
-        agg = aggregate(results_dir, suite=suite.name, progress=progress)
-        summary.tidy = agg.paths.get("csv")
-        if report:
-            summary.report = render_report(results_dir, reports_dir, suite.name, agg=agg)
+        summary.tidy, summary.report = summarize_suite(suite, results_dir, reports_dir, report, progress)
     summary.wall_s = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def summarize_suite(suite: Suite, results_dir: Path, reports_dir: str | Path, report: bool = True,
+                    progress: bool = False) -> tuple[Path | None, Path | None]:
+    """Aggregate the store's runs of `suite` (tidy CSV) and render the report: (csv path, report path)."""
+    from analysis.aggregate import aggregate
+    from analysis.report import render_report
+
+    agg = aggregate(results_dir, suite=suite.name, progress=progress)
+    html = render_report(results_dir, Path(reports_dir), suite.name, agg=agg) if report else None
+    return agg.paths.get("csv"), html
 
 
 def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
@@ -351,8 +359,9 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
 # ----------------------------------------------------------------------------------------------
 # several worker processes on one machine
 
-def _worker(suite_path: str, results_dir: Path, work_dir: Path, overrides: dict[str, Path], device: str,
-            stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int], threads: int) -> RunSummary:
+def _worker(suite_path: str, edits: list[str], results_dir: Path, work_dir: Path, overrides: dict[str, Path],
+            device: str, stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int],
+            threads: int) -> RunSummary:
     """One shard in a fresh process: its share of the threads, no report, no progress bars."""
     import torch
 
@@ -360,7 +369,7 @@ def _worker(suite_path: str, results_dir: Path, work_dir: Path, overrides: dict[
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format=f"shard {shard[0]}/{shard[1]} %(levelname)s %(name)s: %(message)s")
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, overrides=edits)
     runs = plan_suite(suite, results_dir, tasks_filter, shard)
     summary = RunSummary(suite=suite.name, planned=len(runs))
     lock = _lock(results_dir, suite, shard)
@@ -394,8 +403,8 @@ def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary,
     ctx = multiprocessing.get_context("spawn")
     with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
             tqdm(total=len(todo), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
-        futures = [pool.submit(_worker, str(suite.path), results_dir, work_dir, overrides, device, stop_on_error,
-                               tasks_filter, (i, jobs), threads) for i in range(jobs)]
+        futures = [pool.submit(_worker, str(suite.path), list(suite.overrides), results_dir, work_dir, overrides,
+                               device, stop_on_error, tasks_filter, (i, jobs), threads) for i in range(jobs)]
         pending = set(futures)
         while pending:
             _, pending = cf.wait(pending, timeout=2.0)

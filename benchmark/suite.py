@@ -33,12 +33,13 @@ Schema (every hyper-parameter explicit; see docs in results/README.md):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -136,6 +137,7 @@ class Suite:
     description: str = ""
     device: str = "cpu"
     path: Path | None = None
+    overrides: tuple[str, ...] = ()  # the --set KEY=VALUE options applied to the file, in order
 
     def entry(self, name: str) -> TaskSpec:
         for t in self.tasks:
@@ -189,8 +191,12 @@ def suite_path(name_or_path: str | Path) -> Path:
     return suites_registry().get(s)
 
 
-def load_suite(name_or_path: str | Path, check_registries: bool = True) -> Suite:
-    """Read and validate a suite; `check_registries=False` skips task/method/backbone name checks."""
+def load_suite(name_or_path: str | Path, check_registries: bool = True, overrides: Sequence[str] = ()) -> Suite:
+    """Read and validate a suite; `check_registries=False` skips task/method/backbone name checks.
+
+    `overrides` are `KEY=VALUE` edits (the CLI's --set) applied to the YAML before validation, so a
+    shipped suite can be shrunk or pointed elsewhere without copying it; see `apply_override`.
+    """
     path = suite_path(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -204,7 +210,70 @@ def load_suite(name_or_path: str | Path, check_registries: bool = True) -> Suite
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise UserError(f"suite file {path} is malformed YAML{where}: {getattr(e, 'problem', e)}") from None
-    return parse_suite(raw, str(path), check_registries=check_registries, path=path)
+    for text in overrides:
+        raw = apply_override(raw, text, str(path))
+    suite = parse_suite(raw, str(path), check_registries=check_registries, path=path)
+    return dataclasses.replace(suite, overrides=tuple(overrides))
+
+
+def apply_override(raw: Any, text: str, where: str) -> Any:
+    """Apply one `DOTTED.KEY=VALUE` edit to the suite's YAML object (a copy); VALUE is parsed as YAML.
+
+    Keys of mappings are created when missing (validation then rejects unknown suite keys). In a list,
+    a segment is an index, `*` (every element), or an entry name: `tasks.caption.params.lm=tiny-gpt2`
+    edits the task entry named (or, without a name, of task) `caption`. Examples:
+    `backbones=[qs-rn]`, `seeds=[0]`, `tasks.*.params.batch_size=8`, `tasks.caption.methods=[maccap]`.
+    """
+    key, sep, value_text = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE such as tasks.caption.params.lm=tiny-gpt2")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+    out = copy.deepcopy(raw)
+    parts = key.strip().split(".")
+    if any(not seg for seg in parts):
+        raise UserError(f"--set {text!r}: empty segment in key {key!r}")
+    _set_path([out], parts, value, text, where)
+    return out
+
+
+def _set_path(nodes: list[Any], parts: list[str], value: Any, text: str, where: str) -> None:
+    head, rest = parts[0], parts[1:]
+    for node in nodes:
+        if isinstance(node, dict):
+            if not rest:
+                node[head] = copy.deepcopy(value)
+                continue
+            if node.get(head) is None:
+                node[head] = {}
+            _set_path([node[head]], rest, value, text, where)
+        elif isinstance(node, list):
+            targets = _list_targets(node, head, text, where)
+            if not rest:
+                for i in targets:
+                    node[i] = copy.deepcopy(value)
+            else:
+                _set_path([node[i] for i in targets], rest, value, text, where)
+        else:
+            raise UserError(f"--set {text!r}: {where}: cannot go into {head!r} of a {type(node).__name__} value")
+
+
+def _list_targets(items: list[Any], seg: str, text: str, where: str) -> list[int]:
+    if seg == "*":
+        return list(range(len(items)))
+    if re.fullmatch(r"-?\d+", seg):
+        i = int(seg)
+        if not -len(items) <= i < len(items):
+            raise UserError(f"--set {text!r}: {where}: index {i} out of range (the list has {len(items)} items)")
+        return [i % len(items)]
+    names = [x.get("name", x.get("task")) if isinstance(x, dict) else None for x in items]
+    hits = [i for i, n in enumerate(names) if n == seg]
+    if not hits:
+        known = ", ".join(str(n) for n in names if n is not None) or "none"
+        raise UserError(f"--set {text!r}: {where}: no list entry named {seg!r} (entries: {known}; or use an index or *)")
+    return hits
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,8 +65,10 @@ class Backbone:
     """An open_clip model plus its preprocessing and tokenizer, with normalised encoders."""
 
     def __init__(self, name: str, arch: str, model: nn.Module, preprocess: Callable, tokenizer: Callable,
-                 weights_id: str, device: str | torch.device = "cpu", quick_gelu: bool = False) -> None:
+                 weights_id: str, device: str | torch.device = "cpu", quick_gelu: bool = False,
+                 weights_file: str | os.PathLike | None = None) -> None:
         self.name = name
+        self.weights_file = Path(weights_file) if weights_file is not None else None
         self.arch = arch
         self.model = model.to(device).eval()
         self.preprocess = preprocess
@@ -99,7 +101,10 @@ class Backbone:
         return f"{self.name}#{self.weights_id}"
 
     def provenance(self) -> dict[str, Any]:
+        """Which exact weights: name, tag or file, and the SHA-256 of the file the weights came from."""
         return {"name": self.name, "arch": self.arch, "weights_id": self.weights_id,
+                "weights_file": str(self.weights_file) if self.weights_file else None,
+                "weights_sha256": _file_sha256(self.weights_file) if self.weights_file else None,
                 "quick_gelu": self.quick_gelu, "logit_scale": self.logit_scale}
 
     def _images(self, images: torch.Tensor | Sequence[Any]) -> torch.Tensor:
@@ -129,6 +134,21 @@ class Backbone:
             return _vit_tokens(self.model, x)
         raise UserError(f"backbone {self.name!r}: per-token features are supported for open_clip ViTs and "
                         f"ModifiedResNets only, not {type(visual).__name__}")
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str | None:
+    """sha256 of a weights file, memoised on (path, size, mtime): every run of a suite records it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(path)
+    return _SHA_MEMO[key]
 
 
 def _is_modified_resnet(visual: nn.Module) -> bool:
@@ -323,7 +343,8 @@ def _load_arch_file(name: str, arch: str, path: Path, device: str | torch.device
         size = model.visual.image_size
         size = int(size[0] if isinstance(size, (tuple, list)) else size)
         preprocess = TensorPreprocess(size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
-    return Backbone(name, arch, model, preprocess, _tokenizer(arch), sha256_file(path), device, qg)
+    return Backbone(name, arch, model, preprocess, _tokenizer(arch), _file_sha256(path) or sha256_file(path), device, qg,
+                    weights_file=path)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -451,4 +472,5 @@ def _load_tag(name: str, arch: str, tag: str, device: str | torch.device) -> Bac
         raise UserError(f"cannot load pretrained weights {name!r} ({type(e).__name__}: {str(e)[:200]}); "
                         f"pass a local file as {arch}@/path/to/weights") from None
     return Backbone(name, arch, model, preprocess, _tokenizer(arch), f"tag:{arch}/{tag}", device,
-                    bool(force_qg or model_config(arch).get("quick_gelu", False)))
+                    bool(force_qg or model_config(arch).get("quick_gelu", False)),
+                    weights_file=cached or _cached_file(cfg))  # after a first download the file is in the cache

@@ -370,7 +370,11 @@ def ensure_backbone(name: str, world_dir: str | Path, seed: int = 0, cache_dir: 
         meta = read_json(shipped.with_suffix(".json"), "shipped weights provenance")
         log.info("using shipped weights %s (provenance matches the world)", shipped)
         return load_backbone(name, device, weights=shipped), TrainedClip(shipped, meta.get("metrics", {}), meta, True)
-    trained = train_clip(name, world_dir, seed, cache_dir=cache_dir, progress=progress, config=cfg)
+    from filelock import FileLock
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(Path(cache_dir) / f".{name}.lock")):  # concurrent sweep jobs train it once, then reuse it
+        trained = train_clip(name, world_dir, seed, cache_dir=cache_dir, progress=progress, config=cfg)
     return load_backbone(name, device, weights=trained.path), trained
 
 

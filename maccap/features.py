@@ -4,7 +4,8 @@ Cache key: backbone name and weights id, data hash (sha256 of the split's captio
 kind, and the cache format version. Each entry is a directory holding shard files written one at a
 time (so corpora larger than memory stream to disk) and `meta.json`, written last, with every shard's
 sha256. A read verifies the checksums; a corrupt, truncated or foreign-version entry is recomputed with
-a warning. Writes are atomic, so a killed run leaves no entry that looks complete.
+a warning. Writes are atomic, so a killed run leaves no entry that looks complete. A file lock per entry
+lets concurrent processes share one cache directory: the first computes, the rest wait and read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+from filelock import FileLock
 from tqdm import tqdm
 
 from maccap.backbones import Backbone, ImageTokens
@@ -124,7 +126,15 @@ def _cached(cache_dir: str | Path, backbone: Backbone, kind: str, data_hash: str
     if hit is not None:
         log.debug("feature cache hit %s", entry)
         return hit
-    _write_entry(entry, expected, compute(), extra)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent workers (sweep shards, torchrun ranks) share the cache: one computes, the others wait
+    # for it and read its entry. Readers need no lock: the sidecar is written last and verifies every shard.
+    with FileLock(str(entry.parent / f".{entry.name}.lock")):
+        hit = _read_entry(entry, expected)
+        if hit is not None:
+            log.debug("feature cache %s written by another worker", entry)
+            return hit
+        _write_entry(entry, expected, compute(), extra)
     out = _read_entry(entry, expected)
     if out is None:
         raise UserError(f"feature cache {entry} could not be read back after writing; check the disk")

@@ -347,6 +347,9 @@ def lm_identity(spec: str, model: torch.nn.Module) -> dict[str, Any]:
     src = str(getattr(model, "name_or_path", "") or spec)
     ident: dict[str, Any] = {"spec": spec, "source": src,
                              "n_params": int(sum(p.numel() for p in model.parameters()))}
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if revision:  # a hub checkpoint: the exact commit its files came from
+        ident["revision"] = revision
     weights = Path(src) / "model.safetensors"
     if weights.is_file():
         from maccap.io import sha256_file

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from maccap.aligner import Aligner, AlignerConfig, PrefixMLP
 from maccap.captioning import Captioner
+from maccap.distributed import DistEnv
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_json, hash_config, read_json
 from maccap.lm import embed_dim, encode_captions
@@ -126,11 +127,12 @@ def lm_inputs(lm: nn.Module, prefix: torch.Tensor, ids: torch.Tensor, lengths: t
     return embeds, mask, labels
 
 
-def caption_loss(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over positions whose label is not -100."""
+def caption_loss(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                 reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross entropy over positions whose label is not -100 (mean, or sum for data parallelism)."""
     logits = lm(inputs_embeds=embeds, attention_mask=mask).logits
     return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                       ignore_index=-100)
+                                       ignore_index=-100, reduction=reduction)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,11 +183,13 @@ def load_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.op
 
 def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str], config: TrainConfig,
         train_seed: int, noise: NoiseModel, ckpt_dir: str | Path | None = None, progress: bool = False,
-        val_fn: Callable[[int], list[str]] | None = None, stop_after_epoch: int | None = None) -> dict[str, Any]:
+        val_fn: Callable[[int], list[str]] | None = None, stop_after_epoch: int | None = None,
+        dist: DistEnv | None = None) -> dict[str, Any]:
     """Train captioner.bridge in place; resume from `ckpt_dir` when it holds a checkpoint.
 
     The bridge must already be initialised (seeded) by the caller. `stop_after_epoch` ends the run
-    early (after that epoch's checkpoint), to test resuming.
+    early (after that epoch's checkpoint), to test resuming. `dist` (maccap.distributed, under
+    torchrun): every rank trains on its slice of each global batch; only rank 0 writes checkpoints.
     """
     if len(text_feats) != len(captions):
         raise ValueError(f"{len(text_feats)} text features for {len(captions)} captions")
@@ -207,6 +211,9 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
         start = last + 1
         log.info("resuming %s from epoch %d (step %d)", method.name, last, step)
     use_amp = config.amp and device.type == "cuda"
+    model = dist.wrap(bridge) if dist is not None else bridge
+    main = dist is None or dist.is_main
+    progress = progress and main
     lm.eval()
     t0 = time.perf_counter()
     seen = 0
@@ -218,18 +225,24 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
                    disable=not progress)
         for b in bar:
             idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-            mem = training_memory(method, text_feats[idx].float(), noise, gen).to(device)
+            mem = training_memory(method, text_feats[idx].float(), noise, gen)  # global batch: same noise on all ranks
             width = int(lengths[idx].max())
-            batch_ids, batch_len = ids[idx, :width].to(device), lengths[idx].to(device)
+            rows, real = dist.rows(len(idx)) if dist is not None else (slice(None), True)
+            mem, mine = mem[rows].to(device), idx[rows]
+            batch_ids, batch_len = ids[mine, :width].to(device), lengths[mine].to(device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                prefix = bridge(mem)
+                prefix = model(mem)
                 embeds, mask, labels = lm_inputs(lm, prefix, batch_ids, batch_len, method.mask_pad_labels)
-                loss = caption_loss(lm, embeds, mask, labels)
+                if dist is None:
+                    loss = caption_loss(lm, embeds, mask, labels)
+                else:
+                    local = caption_loss(lm, embeds, mask, labels, reduction="sum")
+                    backprop, loss = dist.global_loss(local, (labels[:, 1:] != -100).sum(), real)
             if not torch.isfinite(loss):
                 raise UserError(f"training {method.name}: loss is {loss.item()} at step {step} (epoch {epoch + 1}, "
                                 f"batch {b + 1}); lower the learning rate (lr={config.lr}) or check the features")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if dist is None else backprop).backward()
             nn.utils.clip_grad_norm_(bridge.parameters(), config.grad_clip)
             opt.step()
             sched.step()
@@ -240,11 +253,11 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         history.append({"epoch": epoch + 1, "loss": total / count, "lr": sched.get_last_lr()[0]})
         log.info("%s epoch %d/%d: mean loss %.4f", method.name, epoch + 1, config.epochs, total / count)
-        if val_fn is not None:
+        if val_fn is not None and main:
             bridge.eval()
             for cap in val_fn(epoch):
                 log.info("  val: %s", cap)
-        if ckpt is not None:
+        if ckpt is not None and main:
             save_checkpoint(ckpt, epoch, bridge, opt, sched, gen, step, history)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
@@ -308,17 +321,22 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
     isotropic training noise (e.g. a fitted model; pass its file hash as noise_digest for the key).
     For DeCap the text-feature memory bank is attached; no other method loads it. `corpus_dir` takes
     the training corpus from another data directory (cross-domain runs); val captions still come
-    from `data_dir`.
+    from `data_dir`. Under torchrun (maccap.distributed) every rank calls this: rank 0 builds the
+    shared caches first, all ranks train, rank 0 writes the weights.
     """
+    import contextlib
+
     from filelock import FileLock
 
-    from maccap import features
+    from maccap import distributed, features
     from maccap.lm import corpus_hash, lm_identity, load_lm
 
     work_dir = Path(work_dir)
     corpus_dir = corpus_dir if corpus_dir is not None else data_dir
     corpus = load_corpus_texts(corpus_dir, config.max_captions)
     full_corpus = load_corpus_texts(corpus_dir)
+    dist = distributed.current()
+    main = dist is None or dist.is_main
     memo = (lm_spec, str(device), corpus_hash(full_corpus), str(work_dir), repr(lm_config))
     if memo not in _LM_MEMO:  # the LM is frozen, so runs in one process can share it
         _LM_MEMO.clear()
@@ -328,8 +346,10 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
 
             lm_texts, lm_contexts = lm_pretraining_corpus(corpus_dir, lm_config.seed, lm_config.qa_texts,
                                                           max_tokens=lm_config.max_len - 2)
-        _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=lm_texts, contexts=lm_contexts, cache_dir=work_dir / "lm",
-                                 config=lm_config, progress=progress)
+        # rank 0 builds first (the quickstart LM's own file lock serialises sweep workers)
+        with dist.main_first() if dist else contextlib.nullcontext():
+            _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=lm_texts, contexts=lm_contexts,
+                                     cache_dir=work_dir / "lm", config=lm_config, progress=progress)
     lm, tok = _LM_MEMO[memo]
     ident = lm_identity(lm_spec, lm)
     if noise is None:
@@ -348,8 +368,11 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
         text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
         syntic.attach(captioner, method, backbone, text_feats)
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / ".lock")):
-        if (out / "meta.json").is_file() and (out / "bridge.safetensors").is_file():
+    with FileLock(str(out / ".lock")) if main else contextlib.nullcontext():  # rank 0 speaks for the job
+        done = (out / "meta.json").is_file() and (out / "bridge.safetensors").is_file()
+        if dist is not None:
+            done = dist.broadcast(done)
+        if done:
             captioner.bridge.load_state_dict(load_file(str(out / "bridge.safetensors")))
             meta = read_json(out / "meta.json", "captioner metadata")
         else:
@@ -360,17 +383,25 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             if synthetic:  # SynTIC: memory from rendered images (maccap.syntic)
                 train_feats = syntic.prepare_training(captioner, backbone, corpus, text_feats, feat_cache, train_seed,
                                                       progress)
-            val_fn = _val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress)
-            info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn)
-            with atomic_path(out / "bridge.safetensors") as tmp:
-                save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()}, str(tmp))
+            val_fn = _val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress) if main else None
+            info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn,
+                       dist=dist)
+            if main:
+                with atomic_path(out / "bridge.safetensors") as tmp:
+                    save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()},
+                              str(tmp))
             meta = {"key": key, "method": method.train_fields(), "backbone": feature_source, "lm": ident,
                     "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
                     "config": config.to_dict(), "noise_digest": noise_digest, "history": info["history"],
                     "train_seconds": info["seconds"], "captions_per_s": info["captions_per_s"], "steps": info["steps"]}
             if synthetic:
                 meta["syntic"] = captioner.bridge.info
-            atomic_write_json(out / "meta.json", meta)
+            if dist is not None:
+                meta["distributed"] = {"world_size": dist.world_size, "backend": dist.backend}
+            if main:
+                atomic_write_json(out / "meta.json", meta)
+    if dist is not None:
+        dist.barrier()  # the weights are on disk before any rank moves on
     captioner.bridge.eval()
     captioner.info = {**meta, "dir": str(out)}
     if method.test_memory == "decap-projection":

@@ -26,7 +26,7 @@ TEXTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "squ
 
 
 def _entry(tmp_path):
-    return next((tmp_path / "features").iterdir())
+    return next(p for p in (tmp_path / "features").iterdir() if p.is_dir())
 
 
 def test_text_cache_miss_then_hit(bb, tmp_path, monkeypatch):
@@ -43,7 +43,7 @@ def test_key_depends_on_weights(bb, tmp_path):
     FT.text_features(bb, TEXTS, tmp_path, progress=False)
     other = B.Backbone(bb.name, bb.arch, bb.model, bb.preprocess, bb.tokenizer, "w1")
     FT.text_features(other, TEXTS, tmp_path, progress=False)
-    assert len(list((tmp_path / "features").iterdir())) == 2
+    assert len([p for p in (tmp_path / "features").iterdir() if p.is_dir()]) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "version", "sidecar"])
@@ -97,3 +97,33 @@ def test_image_tokens_cached(bb, tmp_path, monkeypatch):
     monkeypatch.setattr(bb, "encode_image_tokens", lambda x: (_ for _ in ()).throw(AssertionError("recomputed")))
     names2, it2 = FT.image_tokens(bb, world, "val", tmp_path / "c", progress=False)
     assert names2 == names and torch.equal(it2.tokens, it.tokens)
+
+
+class _SlowBackbone:
+    """Just what the text cache needs; encode_text is slow and counted, to expose racing writers."""
+
+    name, weights_id, embed_dim = "slow", "w0", 4
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode_text(self, texts):
+        import time
+
+        self.calls += 1
+        time.sleep(0.2)
+        return torch.nn.functional.normalize(torch.arange(len(texts) * 4, dtype=torch.float32).view(-1, 4) + 1, dim=-1)
+
+
+def test_concurrent_writers_share_one_entry(tmp_path, monkeypatch):
+    """Workers of a sweep share work_dir/features: one computes, the others wait and read its entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(FT, "SHARD_ROWS", 3)  # several shard files, so a racing rewrite would show
+    bb = _SlowBackbone()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: FT.text_features(bb, TEXTS, tmp_path, batch_size=2, progress=False), range(4)))
+    assert bb.calls == 5  # one writer: ceil(9 / 2) batches, once
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+    assert len(json.loads((_entry(tmp_path) / "meta.json").read_text())["shards"]) == 3

@@ -35,16 +35,29 @@ def _read_yaml(path: str | None) -> dict:
 @click.option("--no-progress", is_flag=True)
 def command(method: str, backbone: str, dataset: str, work_dir: str, train_seed: int, lm: str | None,
             config_path: str | None, device: str, no_progress: bool) -> None:
-    """Train a captioner on caption text only (cached: a finished one is reused, a killed one resumes)."""
+    """Train a captioner on caption text only (cached: a finished one is reused, a killed one resumes).
+
+    Under `torchrun --nproc_per_node N` (WORLD_SIZE > 1) the N processes train it data-parallel
+    (nccl on GPUs, gloo on CPU) with the same global batch; rank 0 writes the weights and prints.
+    """
     from benchmark.single import make_context
     from benchmark.tasks.caption import build_captioner
+    from maccap import distributed
 
     params = _read_yaml(config_path)
     if lm:
         params["lm"] = lm
-    ctx = make_context("caption", method, backbone, dataset, work_dir, params, train_seed, 0, device, not no_progress)
-    captioner, _ = build_captioner(ctx)
+    dist = distributed.init_from_env(device)
+    try:
+        rank_device = str(dist.device(device)) if dist else device
+        ctx = make_context("caption", method, backbone, dataset, work_dir, params, train_seed, 0, rank_device,
+                           not no_progress and (dist is None or dist.is_main))
+        captioner, _ = build_captioner(ctx)
+    finally:
+        distributed.shutdown()
+    if dist is not None and not dist.is_main:
+        return
     info = captioner.info
-    click.echo(f"captioner: {info['dir']}")
+    click.echo(f"captioner: {info['dir']}" + (f" (trained on {dist.world_size} ranks)" if dist else ""))
     for h in info.get("history") or []:
         click.echo(f"  epoch {int(h['epoch'])}: loss {h['loss']:.4f}")

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import click
 
+from benchmark.commands.run import set_option
 from maccap.errors import UserError
 
 
 @click.command("validate")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="A data directory to check.")
 @click.option("--suite", help="A shipped suite name or a suite YAML file.")
-def command(data_dir: Path | None, suite: str | None) -> None:
+@set_option
+def command(data_dir: Path | None, suite: str | None, overrides: tuple[str, ...]) -> None:
     """Say precisely what is wrong or missing; exit code 2 when anything is."""
     if data_dir is None and suite is None:
         raise click.UsageError("give --data DIR and/or --suite NAME")
+    if overrides and suite is None:
+        raise UserError("--set edits a suite: give --suite NAME as well")
     problems = 0
     if data_dir is not None:
         from maccap.data import validate_data_dir
@@ -31,7 +35,7 @@ def command(data_dir: Path | None, suite: str | None) -> None:
         from benchmark.requirements import suite_requirements
         from benchmark.suite import load_suite
 
-        s = load_suite(suite)
+        s = load_suite(suite, overrides=overrides)
         click.echo(f"suite {s.name} (version {s.version}): valid; {len(s.tasks)} task entries, "
                    f"{len(s.backbones)} backbone(s), {len(s.seeds)} seed(s)")
         for r in suite_requirements(s):

@@ -46,6 +46,12 @@ def _split_entries(data_dir: Path, split: str) -> list[dict[str, Any]]:
     return [{"image_name": r.image_name, "image_id": r.image_id, "captions": list(r.captions)} for r in rows]
 
 
+def captioner_sha256(info: dict[str, Any]) -> str | None:
+    """The trained bridge's file hash: the key names the recipe, the hash the exact weights used."""
+    path = Path(info["dir"]) / "bridge.safetensors" if info.get("dir") else None
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
 def build_captioner(ctx: RunContext, method_name: str | None = None) -> tuple[Any, Any]:
     """(captioner, backbone) for the run's method/backbone/train seed; shared with the VQA task."""
     from maccap.backbones import load_backbone
@@ -135,7 +141,7 @@ def run_caption(ctx: RunContext) -> TaskOutput:
                                                                  "train_captions_per_s": info.get("captions_per_s")}},
         data_checksums={f"captions_{split}.json": sha256_file(Path(ctx.data_dir) / f"captions_{split}.json")},
         weights={"backbone": backbone.provenance(), "lm": info.get("lm"), "captioner_key": info.get("key"),
-                 "captioner_dir": info.get("dir")},
+                 "captioner_dir": info.get("dir"), "captioner_sha256": captioner_sha256(info)},
         artifacts={"coco_results": "captions_coco.json"},
     )
 

@@ -120,7 +120,7 @@ def _captioner_ctx(ctx: RunContext) -> RunContext:
 
 def run_vqa(ctx: RunContext) -> TaskOutput:
     """Answer the split's questions in the chosen mode; VQAv2 accuracy overall, per answer/question type."""
-    from benchmark.tasks.caption import build_captioner
+    from benchmark.tasks.caption import build_captioner, captioner_sha256
     from maccap.lm import lm_identity
     from maccap.metrics.vqa import vqa_accuracy, write_results
     from maccap.vqa import answer_questions
@@ -157,7 +157,7 @@ def run_vqa(ctx: RunContext) -> TaskOutput:
                            "questions_per_s": len(questions) / t_answer if t_answer else None}},
         data_checksums=checks,
         weights={"backbone": backbone.provenance(), "lm": lm_ident, "captioner_key": captioner.info.get("key"),
-                 "captioner_dir": captioner.info.get("dir")},
+                 "captioner_dir": captioner.info.get("dir"), "captioner_sha256": captioner_sha256(captioner.info)},
         artifacts={"vqa_results": RESULTS_FILE},
     )
 
