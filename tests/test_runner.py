@@ -239,11 +239,14 @@ def test_perf_collects_every_area_and_records_failures(tmp_path: Path, monkeypat
 def test_quickstart_suite_shares_one_captioner_between_caption_and_vqa() -> None:
     q = load_suite("quickstart")
     cap, vqa = q.entry("caption").params, q.entry("vqa").params
-    assert cap["train"] == vqa["train"] and cap["lm"] == vqa["lm"]
+    for key in ("train", "lm", "lm_config", "method_options"):
+        assert cap[key] == vqa[key], key
     plan = plan_suite(q, "/nonexistent")
-    assert len(plan) == 2 * 3 * (3 + 4 + 3)  # clip, gap, subregion; 4 caption methods; 3 VQA modes
+    # clip, gap, subregion once per backbone (fixed shipped weights); 4 caption methods, 3 VQA modes per seed
+    assert len(plan) == 2 * 3 + 2 * 3 * (4 + 3)
     assert {e.params["mode"] for e in q.tasks if e.task == "vqa"} == {"prefix", "caption", "no-image"}
-    assert [r.entry.task for r in plan][:6] == ["clip"] * 6 and plan[-1].entry.task == "vqa"
+    assert [r.entry.task for r in plan][:2] == ["clip"] * 2 and plan[-1].entry.task == "vqa"
+    assert {r.seeds.train for r in plan if r.entry.task in ("clip", "gap", "subregion")} == {0}
 
 
 @pytest.mark.slow
