@@ -199,9 +199,33 @@ def metric_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
     return out
 
 
+VQA_PREFIX = "vqa_acc"
+
+
+def vqa_table(summary: pd.DataFrame, suite: str) -> Table | None:
+    """Every VQA entry (prompting mode) x method x backbone as a row; overall and per question type (x100).
+
+    One table, so the image prefix and caption-then-answer stand beside the no-image prior they must beat.
+    """
+    s = summary[(summary["suite"] == suite) & summary["metric"].str.startswith(VQA_PREFIX)]
+    if s.empty:
+        return None
+    qtypes = sorted({m for m in s["metric"] if m.startswith(f"{VQA_PREFIX}/qtype/")})
+    metrics = [VQA_PREFIX] + qtypes
+    idx = {(r.task, r.method, r.backbone, r.metric): r for _, r in s.iterrows()}
+    keys = sorted({(r.task, r.method, r.backbone) for r in s.itertuples()},
+                  key=lambda k: (method_key(k[1]), k[2], k[0]))
+    rows = [[Cell("text", text_value=t), Cell("text", text_value=m), Cell("text", text_value=b)]
+            + [_ours(idx.get((t, m, b, metric)), CAPTION_SCALE, 1) for metric in metrics] for t, m, b in keys]
+    columns = ["entry", "method", "backbone", "overall"] + [q.split("/qtype/", 1)[1] for q in qtypes]
+    return Table(f"{suite}-vqa-modes", f"Zero-shot VQA accuracy by prompting mode ({suite})", columns, rows,
+                 ["VQAv2 accuracy x100: mean ± half-width of the 95% percentile bootstrap CI across seeds",
+                  "entries: the suite's VQA task entries (their `mode`: prefix, caption-then-answer, no-image prior)"])
+
+
 def build_tables(summary: pd.DataFrame, suite: str) -> list[Table]:
-    cap = caption_table(summary, suite)
-    return ([cap] if cap else []) + metric_tables(summary, suite)
+    extra = [t for t in (caption_table(summary, suite), vqa_table(summary, suite)) if t is not None]
+    return extra + metric_tables(summary, suite)
 
 
 # ----------------------------------------------------------------------------------------------

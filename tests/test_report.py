@@ -170,3 +170,25 @@ def test_caption_table_cross_domain_columns_and_small_n() -> None:
     decap = next(line for line in md.splitlines() if line.startswith("| decap |"))
     assert "30.5 (n=2)" in decap and "| 35.7 | -5.2 |" in decap  # DeCap COCO->Flickr30k CIDEr 35.7
     assert "31.0 ± " in decap  # quickstart: 3 seeds, a CI
+
+
+def test_vqa_table_puts_every_mode_beside_the_prior() -> None:
+    from analysis.aggregate import summarize, tidy_table
+    from analysis.tables import to_markdown, vqa_table
+
+    rows = []
+    for entry, acc in (("vqa", 0.4), ("vqa-no-image", 0.3)):
+        for s in (0, 1, 2):
+            rows.append({"suite": "x", "task": entry, "method": "maccap", "backbone": "b", "dataset": "quickstart",
+                         "run_id": f"x/{entry}/maccap/b/seed{s}", "config_hash": "h", "status": "ok",
+                         "seeds": {"train": s, "eval": s},
+                         "metrics": {"vqa_acc": acc, "vqa_acc/qtype/how many": acc + 0.1 * s}})
+    table = vqa_table(summarize(tidy_table(rows), n_resamples=200), "x")
+    assert table is not None and table.columns == ["entry", "method", "backbone", "overall", "how many"]
+    md = to_markdown(table).splitlines()
+    prefix = next(line for line in md if line.startswith("| vqa |"))
+    prior = next(line for line in md if line.startswith("| vqa-no-image |"))
+    assert "| 40.0 ± 0.0 | 50.0 ± " in prefix and "| 30.0 ± 0.0 |" in prior
+    assert set(table.cell_runs()["vqa / maccap / b"]["overall"]["run_ids"]) == {f"x/vqa/maccap/b/seed{s}" for s in range(3)}
+    captions_only = [dict(rows[0], task="caption", metrics={"CIDEr-D": 0.5})]
+    assert vqa_table(summarize(tidy_table(captions_only), n_resamples=50), "x") is None
