@@ -8,13 +8,14 @@ maccap/configs and loaded from safetensors files (the shipped ones in maccap/wei
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -325,6 +326,22 @@ def _wants_quick_gelu(arch: str, openai_weights: bool) -> bool:
     return False
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """open_clip warns that a model built with pretrained=None is random; the weights load right after."""
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def _load_arch_file(name: str, arch: str, path: Path, device: str | torch.device,
                     quick_gelu: bool | None) -> Backbone:
     oc = _open_clip()
@@ -333,7 +350,8 @@ def _load_arch_file(name: str, arch: str, path: Path, device: str | torch.device
         raise UserError(f"backbone {name!r}: weights file {path} not found; expected ARCH@/path/to/weights "
                         "(.safetensors, .pt or .bin state dict)")
     force_qg = quick_gelu if quick_gelu is not None else _wants_quick_gelu(arch, "openai" in path.name.lower())
-    model, _, preprocess = oc.create_model_and_transforms(arch, pretrained=None, force_quick_gelu=force_qg)
+    with _quiet_random_init():
+        model, _, preprocess = oc.create_model_and_transforms(arch, pretrained=None, force_quick_gelu=force_qg)
     state = read_state_dict(path)
     load_into(model, state, where=str(path))
     qg = bool(force_qg or arch.endswith("-quickgelu"))
