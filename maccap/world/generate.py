@@ -8,11 +8,14 @@ directory that looks complete.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -43,28 +46,47 @@ def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     files[rel] = sha256_bytes(data)
 
 
+def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int
+                ) -> tuple[str, str, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Image i of a split, written to disk: (file, sha256, caption entry, questions, annotations).
+
+    Everything comes from the item's own random stream, so items can be made in any order or process.
+    """
+    rng = item_rng(seed, split, i)
+    scene = sample_scene(rng, config)
+    caps, objs = scene_captions(scene, rng, config.captions_per_image)
+    img = render_scene(scene, config.image_size, rng, supersample=config.supersample)
+    name = image_name(split, i)
+    rel, files = f"images/{split}/{name}", {}
+    _write(root, rel, encode_png(img, config.png_compress_level), files)
+    image_id = ID_OFFSETS[split] + i
+    entry = {"split": split, "image_name": name, "file_path": split, "image_id": image_id,
+             "captions": caps, "caption_objects": objs, "scene": scene}
+    questions, annotations = [], []
+    if split in VQA_SPLITS:
+        for k, q in enumerate(scene_questions(scene, rng, config.questions_per_image)):
+            qid = image_id * 10 + k
+            questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
+            annotations.append({
+                "question_id": qid, "image_id": image_id, "answer_type": q["answer_type"],
+                "question_type": q["question_type"], "multiple_choice_answer": q["multiple_choice_answer"],
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                            for j, a in enumerate(q["answers"])]})
+    return rel, files[rel], entry, questions, annotations
+
+
 def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: dict[str, str],
-                 progress: bool) -> list[dict[str, Any]]:
+                 progress: bool, pool: Any = None) -> list[dict[str, Any]]:
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    make = functools.partial(_image_item, root, split, seed, config)
+    n = config.split_size(split)
+    items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool is not None else map(make, range(n))
     entries, questions, annotations = [], [], []
-    for i in tqdm(range(config.split_size(split)), desc=f"world {split}", disable=not progress, leave=False):
-        rng = item_rng(seed, split, i)
-        scene = sample_scene(rng, config)
-        caps, objs = scene_captions(scene, rng, config.captions_per_image)
-        img = render_scene(scene, config.image_size, rng, supersample=config.supersample)
-        name = image_name(split, i)
-        _write(root, f"images/{split}/{name}", encode_png(img, config.png_compress_level), files)
-        image_id = ID_OFFSETS[split] + i
-        entries.append({"split": split, "image_name": name, "file_path": split, "image_id": image_id,
-                        "captions": caps, "caption_objects": objs, "scene": scene})
-        if split in VQA_SPLITS:
-            for k, q in enumerate(scene_questions(scene, rng, config.questions_per_image)):
-                qid = image_id * 10 + k
-                questions.append({"image_id": image_id, "question": q["question"], "question_id": qid})
-                annotations.append({
-                    "question_id": qid, "image_id": image_id, "answer_type": q["answer_type"],
-                    "question_type": q["question_type"], "multiple_choice_answer": q["multiple_choice_answer"],
-                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
-                                for j, a in enumerate(q["answers"])]})
+    for rel, digest, entry, qs, ans in tqdm(items, total=n, desc=f"world {split}", disable=not progress, leave=False):
+        files[rel] = digest
+        entries.append(entry)
+        questions += qs
+        annotations += ans
     _write(root, f"captions_{split}.json", dumps_json(entries).encode(), files)
     if split in VQA_SPLITS:
         info = {"description": f"quickstart world VQA, split {split}", "data_subtype": split}
@@ -84,6 +106,24 @@ def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], p
     return len(texts)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[Any]:
+    """A process pool for rendering (None for one worker): fork where there is one, it starts in ms."""
+    if workers <= 1:
+        yield None
+        return
+    import concurrent.futures as cf
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        yield pool
+
+
 def manifest_matches(manifest: Any, seed: int, config: WorldConfig) -> bool:
     return (isinstance(manifest, dict) and manifest.get("name") == WORLD_NAME
             and manifest.get("version") == WORLD_VERSION and manifest.get("seed") == seed
@@ -91,8 +131,11 @@ def manifest_matches(manifest: Any, seed: int, config: WorldConfig) -> bool:
 
 
 def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None,
-                   progress: bool = True) -> Path:
-    """Generate the world into out_dir (replacing what is there); return the manifest path."""
+                   progress: bool = True, workers: int | None = None) -> Path:
+    """Generate the world into out_dir (replacing what is there); return the manifest path.
+
+    Images are rendered by `workers` processes (default: one per CPU core); the bytes do not depend on it.
+    """
     config = config or WorldConfig()
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
@@ -103,7 +146,9 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
         raise UserError(f"cannot write the world to {out}: {e.strerror or e}") from None
     t0 = time.perf_counter()
     files: dict[str, str] = {}
-    sizes = {split: len(_image_split(tmp, split, seed, config, files, progress)) for split in ("clip", "val", "test")}
+    with _pool(workers or _cores()) as pool:
+        sizes = {split: len(_image_split(tmp, split, seed, config, files, progress, pool))
+                 for split in ("clip", "val", "test")}
     sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress)
     manifest = {"name": WORLD_NAME, "version": WORLD_VERSION, "seed": seed, "config": config.to_dict(),
                 "sizes": sizes, "files": dict(sorted(files.items())),
