@@ -24,8 +24,9 @@ from tqdm import tqdm
 from benchmark.store import RunKey, TaskOutput, build_result, is_complete, slug, write_run
 from benchmark.suite import SeedPair, Suite, TaskSpec
 from benchmark.tasks import RunContext, load_tasks
+from maccap import faults
 from maccap.errors import UserError
-from maccap.io import hash_config
+from maccap.io import hash_config, sweep_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         raise UserError(f"another runner is writing {results_dir / slug(suite.name)} (lock {lock.lock_file} is held); "
                         "wait for it to finish or use a different --results-dir") from None
     try:
+        _sweep(results_dir / slug(suite.name), reports_dir / slug(suite.name), work_dir)
         _execute(suite, runs, summary, work_dir, data_dirs or {}, resolve_device(device or suite.device),
                  stop_on_error, progress)
     finally:
@@ -300,6 +302,14 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
     return summary
 
 
+def _sweep(*roots: Path) -> None:
+    """Remove temp files that killed processes left in the suite's directories (never read, only litter)."""
+    for root in roots:
+        gone = sweep_stale_temps(root)
+        if gone:
+            log.info("removed %d temp file(s) left by killed runs under %s", len(gone), root)
+
+
 def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
              overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool) -> None:
     todo = [r for r in runs if not r.done]
@@ -313,6 +323,7 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
                 return
             bar.set_postfix_str(run.run_id, refresh=False)
             result = execute_run(run, suite, lambda e=run.entry: data.get(e), work_dir, device, progress)
+            faults.checkpoint("run-done")
             (summary.ok if result["status"] == "ok" else summary.failed).append(run.run_id)
             bar.update(1)
             if result["status"] != "ok" and stop_on_error:

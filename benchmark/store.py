@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, atomic_write_jsonl, hash_config, read_json
 
@@ -115,6 +116,7 @@ def write_run(run_dir: Path, result: dict[str, Any], items: list[dict[str, Any]]
     if items is not None:
         atomic_write_jsonl(run_dir / "items.jsonl", items)
         result.setdefault("artifacts", {})["items"] = "items.jsonl"
+        faults.checkpoint("result-items")
     validate_result(result, run_dir / "result.json")
     atomic_write_json(run_dir / "result.json", result)
     return run_dir / "result.json"

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from maccap.backbones import BACKBONES, Backbone, _open_clip, _tokenizer, load_backbone, sparsify, to_model_input
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_json, hash_config, read_json, sha256_file
 from maccap.seed import seed_everything
@@ -308,6 +309,7 @@ def _train(name: str, world_dir: Path, seed: int, cfg: TrainConfig, vocab: torch
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(cfg.max_logit_scale))
         losses.append(float(loss.detach()))
+        faults.checkpoint("clip-step")
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     train_s = time.time() - t0
@@ -320,6 +322,7 @@ def _train(name: str, world_dir: Path, seed: int, cfg: TrainConfig, vocab: torch
 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))  # no metadata: its key order is not stable, and the bytes must be
+    faults.checkpoint("clip-saved")
     backbone = load_backbone(name, weights=path)  # evaluate exactly what was stored
     metrics = evaluate_backbone(backbone, world_dir, cfg.eval_split, progress=progress, seed=seed)
     meta = {

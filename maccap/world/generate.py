@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, dumps_json, read_json, sha256_bytes
 from maccap.world.captions import scene_captions
@@ -41,6 +42,7 @@ def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)  # the manifest, written last, is what makes the directory trusted
     files[rel] = sha256_bytes(data)
+    faults.checkpoint("world-file")
 
 
 def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: dict[str, str],
@@ -109,6 +111,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
                 "sizes": sizes, "files": dict(sorted(files.items())),
                 "hash": sha256_bytes(dumps_json(dict(sorted(files.items()))).encode())}
     atomic_write_json(tmp / "manifest.json", manifest)
+    faults.checkpoint("world-publish")
     old = out.with_name(out.name + ".old")
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -117,6 +120,14 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
     shutil.rmtree(old, ignore_errors=True)
     log.info("world written to %s in %.1f s: %s", out, time.perf_counter() - t0, sizes)
     return out / "manifest.json"
+
+
+def _drop_leftovers(out: Path) -> None:
+    """A complete world makes the `.old` copy a kill may leave behind (between the renames) garbage."""
+    old = out.with_name(out.name + ".old")
+    if old.is_dir():
+        log.info("removing %s left by an interrupted world generation", old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None, progress: bool = True,
@@ -130,6 +141,7 @@ def ensure_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None 
         except UserError:
             manifest = None
         if manifest_matches(manifest, seed, config):
+            _drop_leftovers(Path(out_dir))
             if not verify:
                 return path
             from maccap.data import verify_manifest
