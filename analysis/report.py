@@ -242,7 +242,8 @@ def caption_examples(results: Sequence[dict[str, Any]], out_dir: Path) -> list[d
         items = [it for it in items if isinstance(it, dict) and (it.get("candidates") or it.get("caption"))]
         if not items:
             continue
-        data_dir = (r.get("extra") or {}).get("runner", {}).get("data_dir")
+        runner = (r.get("provenance") or {}).get("runner") or (r.get("extra") or {}).get("runner") or {}  # old files: extra
+        data_dir = runner.get("data_dir")
         shown = []
         for k, it in enumerate(items[:MAX_EXAMPLES]):
             img = _image_path(it, Path(data_dir) if data_dir else None)

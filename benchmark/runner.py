@@ -235,18 +235,18 @@ def execute_run(run: PlannedRun, suite: Suite, data_dir: Path | Callable[[], Pat
         out = TaskOutput()
         log.error("run %s failed: %s: %s", run.run_id, type(e).__name__, e)
     timings = {"total_s": round(time.perf_counter() - t0, 4)}
-    out.extra = dict(out.extra)
-    out.extra["runner"] = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
-                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display}
+    runner = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
+              "suite_version": suite.version, "dataset_label": run.entry.dataset.display}
     seeds = {"train": run.seeds.train, "eval": run.seeds.eval}
-    result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error)
+    result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error,
+                          runner=runner)
     try:
         write_run(run.run_dir, result, out.items if status == "ok" else None)
     except (TypeError, ValueError, UserError) as e:  # e.g. a task returned something JSON cannot hold
         log.error("run %s: cannot write its result: %s", run.run_id, e)
         error = f"{type(e).__name__}: cannot write the task's output: {e}\n\n{traceback.format_exc()}"
         result = build_result(run.key, run.entry.dataset.display, run.config, seeds, TaskOutput(), timings,
-                              status="failed", error=error)
+                              status="failed", error=error, runner=runner)
         write_run(run.run_dir, result)
     return result
 

@@ -57,7 +57,8 @@ def run_single(task: str, method: str, backbone: str, dataset: str, params: dict
     seed_everything(eval_seed)
     t0 = time.perf_counter()
     out = load_tasks().get(task)(ctx)
-    timings = {"total_s": time.perf_counter() - t0, **out.extra.get("timings_detail", {})}
+    timings = {"total_s": time.perf_counter() - t0}
     result = build_result(ctx.key, ctx.dataset, {"task": task, "params": params, "data_dir": str(ctx.data_dir)},
-                          {"train": train_seed, "eval": eval_seed}, out, timings)
+                          {"train": train_seed, "eval": eval_seed}, out, timings,
+                          runner={"data_dir": str(ctx.data_dir), "work_dir": str(ctx.work_dir), "device": device})
     return write_run(ctx.run_dir, result, out.items), out
