@@ -34,7 +34,10 @@ def make_context(task: str, method: str, backbone: str, dataset: str, work_dir: 
                  results_dir: str | Path | None = None, run_name: str | None = None):
     """A RunContext for one run; its run directory lies under results_dir (or work_dir/cli-runs)."""
     from benchmark.tasks import RunContext
+    from maccap.seed import check_seed
 
+    check_seed(train_seed, "training seed")
+    check_seed(eval_seed, "evaluation seed")
     work = Path(work_dir)
     data_dir, name = resolve_dataset(dataset, work, progress)
     key = RunKey(suite="cli", task=run_name or task, method=method, backbone=backbone, seed=train_seed)

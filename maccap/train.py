@@ -68,8 +68,32 @@ class TrainConfig:
             bad = sorted(set(al) - set(AlignerConfig.__dataclass_fields__))
             if bad:
                 raise UserError(f"training config: unknown aligner option(s) {', '.join(bad)}")
+            _check_fields(al, AlignerConfig(), "training config: aligner.")
             al = AlignerConfig(**al)
+        _check_fields(d, cls(), "training config: ")
         return cls(aligner=al, **d)
+
+
+_ZERO_OK = {"weight_decay", "dropout", "warmup_iters", "val_images", "min_lr_factor", "warmup_start"}
+
+
+def _check_fields(values: dict[str, Any], defaults: Any, where: str) -> None:
+    """Each value has its default's type (None allowed where the default is None); numbers finite and > 0."""
+    for k, v in values.items():
+        default = getattr(defaults, k)
+        if v is None and (default is None or k in ("max_captions", "mlp_hidden")):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        if not ok:
+            want = "true/false" if isinstance(default, bool) else "a number" if isinstance(default, float) else "an integer"
+            raise UserError(f"{where}{k}: expected {want}, got {type(v).__name__} {v!r}")
+        if not isinstance(v, bool) and (not math.isfinite(v) or v < 0 or (v == 0 and k not in _ZERO_OK)):
+            raise UserError(f"{where}{k}: {v!r} is out of range; expected a finite number > 0")
 
 
 # CPU-sized defaults for the quickstart world: 2 passes over 4096 corpus captions at batch 64 (128 steps),

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, dumps_json, read_json, sha256_bytes
+from maccap.seed import check_seed
 from maccap.world.captions import scene_captions
 from maccap.world.config import ID_OFFSETS, SPLIT_CODES, WORLD_NAME, WORLD_VERSION, WorldConfig
 from maccap.world.questions import scene_questions
@@ -96,6 +97,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
                    progress: bool = True) -> Path:
     """Generate the world into out_dir (replacing what is there); return the manifest path."""
     config = config or WorldConfig()
+    check_seed(seed, "world seed")
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     try:
