@@ -377,8 +377,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str, arch
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
-        target = f"architecture {arch!r}" if arch else "the architecture"
-        raise UserError(f"weights {where} do not fit {target}: {problem}; are they the weights of another backbone?")
+        target = f"the architecture {arch!r}" if arch else "the architecture"
+        raise UserError(f"weights {where} do not match {target}: {problem}; are they the weights of another backbone?")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -264,11 +264,11 @@ OPTION_CASES: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
      r"training seed 4294967296 is out of range"),
     ("shard-out-of-range", lambda w, t: _run(t, _suite_yaml(t), "--shard", "3/2"), r"--shard '3/2': expected 0 <= i < n"),
     ("checkpoint-of-another-backbone", lambda w, t: _gap(w, t, f"qs-vit@{SHIPPED_RN}"),
-     r"weights .*qs-rn\.safetensors do not fit architecture 'qs-vit': \d+ key\(s\) missing .*another backbone\?"),
+     r"weights .*qs-rn\.safetensors do not match the architecture 'qs-vit': \d+ key\(s\) missing .*another backbone\?"),
     ("checkpoint-wrong-dimensions",
      lambda w, t: _gap(w, t, "qs-rn@" + str(_state_with(lambda s: s.__setitem__("text_projection", s["text_projection"][:, :64].contiguous()),
                                                          t / "narrow.safetensors"))),
-     r"do not fit architecture 'qs-rn': 1 key\(s\) with another shape \(e\.g\. text_projection is \[128, 64\] in the "
+     r"do not match the architecture 'qs-rn': 1 key\(s\) with another shape \(e\.g\. text_projection is \[128, 64\] in the "
      r"file, \[128, 128\] in the model\)"),
     ("checkpoint-not-weights", lambda w, t: _gap(w, t, "qs-rn@" + str(_write(t / "junk.pt", "not a checkpoint"))),
      r"cannot read weights file .*junk\.pt: .*expected a safetensors file or a torch state dict"),

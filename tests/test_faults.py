@@ -99,11 +99,11 @@ def _run_with_fault(suite_file: Path, root: Path, fault: str) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _outputs(root: Path) -> dict[str, Any]:
+def _outputs(root: Path, suite: str = SUITE) -> dict[str, Any]:
     """Every output file of the suite, in the form two identical runs must agree on."""
     out: dict[str, Any] = {}
     for base in ("results", "reports"):
-        top = root / base / SUITE
+        top = root / base / suite
         for p in sorted(top.rglob("*")):
             if p.is_dir() or p.name.endswith(".lock"):
                 continue
@@ -117,8 +117,8 @@ def _outputs(root: Path) -> dict[str, Any]:
     return out
 
 
-def assert_same_outputs(a: Path, b: Path) -> None:
-    oa, ob = _outputs(a), _outputs(b)
+def assert_same_outputs(a: Path, b: Path, suite: str = SUITE) -> None:
+    oa, ob = _outputs(a, suite), _outputs(b, suite)
     assert sorted(oa) == sorted(ob)
     different = [k for k in oa if oa[k] != ob[k]]
     assert not different, different
@@ -275,3 +275,14 @@ def test_kill_at_successive_atomic_writes(reference: Path, suite_file: Path, tmp
     assert kills >= 10
     assert_same_outputs(reference, tmp_path)
     assert_no_litter(tmp_path)
+
+
+@pytest.mark.slow
+def test_tiny_suite_twice_is_bit_identical(tmp_path: Path, one_thread: None) -> None:
+    """Determinism across every task (world, CLIP, gap and subregion with figures, caption, VQA, report):
+    the shipped `tiny` suite twice, into two results and work dirs, gives the same files."""
+    for name in ("a", "b"):
+        s = run_suite(load_suite("tiny"), tmp_path / name / "results", tmp_path / name / "reports",
+                      tmp_path / name / "work", progress=False)
+        assert s.complete and not s.failed, s.failed
+    assert_same_outputs(tmp_path / "a", tmp_path / "b", "tiny")
