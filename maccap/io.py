@@ -145,6 +145,20 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
     return rows
 
 
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors serialises the `__metadata__` mapping in hash order, which changes from one process
+    to the next, so equal tensors and metadata would give different bytes. Offsets in the header are
+    relative to the data block, so re-serialising the header (space-padded to 8 bytes) keeps it valid.
+    """
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -286,3 +286,20 @@ def test_tiny_suite_twice_is_bit_identical(tmp_path: Path, one_thread: None) -> 
                       tmp_path / name / "work", progress=False)
         assert s.complete and not s.failed, s.failed
     assert_same_outputs(tmp_path / "a", tmp_path / "b", "tiny")
+
+
+def test_safetensors_metadata_is_written_in_a_stable_order(tmp_path: Path) -> None:
+    """safetensors writes its metadata in hash order (it differs between processes and calls);
+    maccap.io.canonical_safetensors sorts it, so the noise model file of the gap task is stable."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from maccap.io import canonical_safetensors
+
+    tensors = {"var": torch.arange(4.0), "mean": torch.ones(2, dtype=torch.float64)}
+    meta = {f"k{i}": str(i) for i in range(8)}
+    outs = {canonical_safetensors(save(tensors, metadata=meta)) for _ in range(10)}
+    assert len(outs) == 1
+    (tmp_path / "m.safetensors").write_bytes(outs.pop())
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata() == meta and torch.equal(f.get_tensor("var"), torch.arange(4.0))
