@@ -239,6 +239,29 @@ def test_ctrl_c_stops_at_the_next_safe_point(reference: Path, suite_file: Path, 
     assert_same_outputs(reference, tmp_path)
 
 
+def test_second_ctrl_c_aborts_at_once_with_resume_advice(suite_file: Path, tmp_path: Path, one_thread: None,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C twice (in CLIP training, then right after its weights are written): the CLI stops at
+    once, exits 130, says how to resume, and leaves no result and no temp file."""
+    import sys
+
+    from benchmark.cli import main
+
+    monkeypatch.setenv(faults.ENV, "clip-step:1:int,clip-saved:1:int")
+    monkeypatch.setattr(sys, "argv", ["maccap-bench", "run", str(suite_file), "--results-dir", str(tmp_path / "results"),
+                                      "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work"),
+                                      "--no-progress"])
+    faults.reset()
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 130
+    assert "interrupted; rerun the same command to resume (finished runs are kept)" in capsys.readouterr().err
+    assert not list((tmp_path / "results").rglob("result.json"))
+    assert not [p for p in tmp_path.rglob("*") if TEMP_NAME.match(p.name)]
+    faults.reset()
+
+
 def test_fault_spec_is_validated() -> None:
     assert faults.parse("clip-step:2, report:1:int") == {"clip-step": (2, signal.SIGKILL), "report": (1, signal.SIGINT)}
     for bad in ("nowhere:1", "clip-step", "clip-step:0", "clip-step:x", "clip-step:1:term"):
