@@ -242,13 +242,13 @@ def test_ctrl_c_stops_at_the_next_safe_point(reference: Path, suite_file: Path, 
 def test_second_ctrl_c_aborts_at_once_with_resume_advice(suite_file: Path, tmp_path: Path, one_thread: None,
                                                          capsys: pytest.CaptureFixture[str],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C twice (in CLIP training, then right after its weights are written): the CLI stops at
+    """Ctrl-C twice (during world generation, then before the world is published): the CLI stops at
     once, exits 130, says how to resume, and leaves no result and no temp file."""
     import sys
 
     from benchmark.cli import main
 
-    monkeypatch.setenv(faults.ENV, "clip-step:1:int,clip-saved:1:int")
+    monkeypatch.setenv(faults.ENV, "world-file:1:int,world-publish:1:int")
     monkeypatch.setattr(sys, "argv", ["maccap-bench", "run", str(suite_file), "--results-dir", str(tmp_path / "results"),
                                       "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work"),
                                       "--no-progress"])
