@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.store import read_result, slug
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_text
 
@@ -197,6 +198,7 @@ def write_table(df: pd.DataFrame, csv_path: Path, parquet: bool = True) -> dict[
     """CSV (and parquet beside it) through atomic writes."""
     paths = {"csv": csv_path}
     atomic_write_text(csv_path, df.to_csv(index=False, lineterminator="\n"))
+    faults.checkpoint("aggregate")
     if parquet:
         pq = csv_path.with_suffix(".parquet")
         with atomic_path(pq) as tmp:

@@ -578,7 +578,7 @@ def save_noise_model(path: str | Path, model: NoiseModel) -> None:
     import torch
     from safetensors.torch import save
 
-    from maccap.io import atomic_write_bytes
+    from maccap.io import atomic_write_bytes, canonical_safetensors
 
     tensors = {"mean": torch.from_numpy(np.ascontiguousarray(model.mean, dtype=np.float64)),
                "var": torch.from_numpy(np.ascontiguousarray(model.var, dtype=np.float64)),
@@ -586,7 +586,7 @@ def save_noise_model(path: str | Path, model: NoiseModel) -> None:
     metadata = {"format": NOISE_MODEL_FORMAT, "version": str(NOISE_MODEL_VERSION),
                 "isotropic_sigma2": repr(float(model.isotropic_sigma2)), "n": str(int(model.n)),
                 "meta": json.dumps(_jsonable(model.meta), sort_keys=True)}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))  # same model, same bytes
 
 
 def load_noise_model(path: str | Path) -> NoiseModel:

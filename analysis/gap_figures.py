@@ -16,6 +16,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from analysis.figsave import savefig_stable  # noqa: E402
 from maccap.io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def save_figure(fig: plt.Figure, out_dir: str | Path, name: str) -> dict[str, st
     for ext in FORMATS:
         path = Path(out_dir) / f"{name}.{ext}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight")
+            savefig_stable(fig, tmp, ext, dpi=150 if ext == "png" else None)
         out[f"{name}.{ext}"] = path.name
     plt.close(fig)
     return out

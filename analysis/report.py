@@ -23,6 +23,7 @@ from analysis.aggregate import (AggregateResult, load_results, paired_comparison
                                 write_table)
 from analysis.tables import Table, method_key, build_tables, write_tables
 from benchmark.store import slug
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_bytes, atomic_write_text, read_jsonl
 
@@ -51,6 +52,7 @@ def render_report(results_dir: str | Path, reports_dir: str | Path, suite_name: 
         write_table(df, out / "data" / f"{name}.csv", parquet=False)
     tables = build_tables(agg.summary, suite_name)
     write_tables(tables, out / "tables")
+    faults.checkpoint("report")
     figures = metric_figures(agg.tidy, out / "figures")
     artefacts = collect_artefacts(results, out / "figures" / "runs")
     examples = caption_examples(results, out / "figures" / "examples")
@@ -67,11 +69,13 @@ def render_report(results_dir: str | Path, reports_dir: str | Path, suite_name: 
 def _save_fig(fig: Any, stem: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    from analysis.figsave import savefig_stable
+
     paths = []
     for ext in ("png", "svg"):
         path = stem.with_suffix(f".{ext}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=110, bbox_inches="tight")
+            savefig_stable(fig, tmp, ext, dpi=110)
         paths.append(path)
     plt.close(fig)
     return paths
@@ -238,7 +242,8 @@ def caption_examples(results: Sequence[dict[str, Any]], out_dir: Path) -> list[d
         items = [it for it in items if isinstance(it, dict) and (it.get("candidates") or it.get("caption"))]
         if not items:
             continue
-        data_dir = (r.get("extra") or {}).get("runner", {}).get("data_dir")
+        runner = (r.get("provenance") or {}).get("runner") or (r.get("extra") or {}).get("runner") or {}  # old files: extra
+        data_dir = runner.get("data_dir")
         shown = []
         for k, it in enumerate(items[:MAX_EXAMPLES]):
             img = _image_path(it, Path(data_dir) if data_dir else None)

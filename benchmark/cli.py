@@ -10,6 +10,8 @@ import click
 
 from maccap.errors import UserError
 
+RESUME_ADVICE = "rerun the same command to resume (finished runs are kept)"
+
 # Each module in benchmark/commands defines one click command (or group) named `command`.
 COMMAND_MODULES = ("ls", "env", "validate", "world", "clip_train", "gap", "subregion", "train", "eval",
                    "vqa", "run", "aggregate", "report", "data", "perf")
@@ -42,14 +44,14 @@ def main() -> None:
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
+    except click.exceptions.Abort:  # click turns a KeyboardInterrupt (a second Ctrl-C) into Abort
+        click.echo(f"interrupted; {RESUME_ADVICE}", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume (finished runs are kept)", err=True)
+        click.echo(f"interrupted; {RESUME_ADVICE}", err=True)
         sys.exit(130)
     except SystemExit:
         raise

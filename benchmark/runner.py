@@ -25,8 +25,9 @@ from tqdm import tqdm
 from benchmark.store import RunKey, TaskOutput, build_result, is_complete, slug, write_run
 from benchmark.suite import SeedPair, Suite, TaskSpec
 from benchmark.tasks import RunContext, load_tasks
+from maccap import faults
 from maccap.errors import UserError
-from maccap.io import hash_config
+from maccap.io import hash_config, sweep_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -237,19 +238,19 @@ def execute_run(run: PlannedRun, suite: Suite, data_dir: Path | Callable[[], Pat
         out = TaskOutput()
         log.error("run %s failed: %s: %s", run.run_id, type(e).__name__, e)
     timings = {"total_s": round(time.perf_counter() - t0, 4)}
-    out.extra = dict(out.extra)
-    out.extra["runner"] = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
-                           "suite_version": suite.version, "dataset_label": run.entry.dataset.display,
-                           "suite_overrides": list(suite.overrides)}
+    runner = {"data_dir": str(resolved) if resolved else None, "work_dir": str(work_dir), "device": device,
+              "suite_version": suite.version, "dataset_label": run.entry.dataset.display,
+              "suite_overrides": list(suite.overrides)}
     seeds = {"train": run.seeds.train, "eval": run.seeds.eval}
-    result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error)
+    result = build_result(run.key, run.entry.dataset.display, run.config, seeds, out, timings, status=status, error=error,
+                          runner=runner)
     try:
         write_run(run.run_dir, result, out.items if status == "ok" else None)
     except (TypeError, ValueError, UserError) as e:  # e.g. a task returned something JSON cannot hold
         log.error("run %s: cannot write its result: %s", run.run_id, e)
         error = f"{type(e).__name__}: cannot write the task's output: {e}\n\n{traceback.format_exc()}"
         result = build_result(run.key, run.entry.dataset.display, run.config, seeds, TaskOutput(), timings,
-                              status="failed", error=error)
+                              status="failed", error=error, runner=runner)
         write_run(run.run_dir, result)
     return result
 
@@ -304,6 +305,7 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         raise UserError(f"another runner is writing {results_dir / slug(suite.name)} (lock {lock.lock_file} is held); "
                         "wait for it to finish or use a different --results-dir") from None
     try:
+        _sweep(results_dir / slug(suite.name), reports_dir / slug(suite.name), work_dir)
         dev = resolve_device(device or suite.device)
         if jobs > 1 and shard is None and any(not r.done for r in runs):
             _execute_parallel(suite, runs, summary, results_dir, work_dir, data_dirs or {}, dev, stop_on_error,
@@ -332,6 +334,14 @@ def summarize_suite(suite: Suite, results_dir: Path, reports_dir: str | Path, re
     return agg.paths.get("csv"), html
 
 
+def _sweep(*roots: Path) -> None:
+    """Remove temp files that killed processes left in the suite's directories (never read, only litter)."""
+    for root in roots:
+        gone = sweep_stale_temps(root)
+        if gone:
+            log.info("removed %d temp file(s) left by killed runs under %s", len(gone), root)
+
+
 def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
              overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool) -> None:
     todo = [r for r in runs if not r.done]
@@ -345,6 +355,7 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
                 return
             bar.set_postfix_str(run.run_id, refresh=False)
             result = execute_run(run, suite, lambda e=run.entry: data.get(e), work_dir, device, progress)
+            faults.checkpoint("run-done")
             (summary.ok if result["status"] == "ok" else summary.failed).append(run.run_id)
             bar.update(1)
             if result["status"] != "ok" and stop_on_error:

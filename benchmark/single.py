@@ -34,7 +34,10 @@ def make_context(task: str, method: str, backbone: str, dataset: str, work_dir: 
                  results_dir: str | Path | None = None, run_name: str | None = None):
     """A RunContext for one run; its run directory lies under results_dir (or work_dir/cli-runs)."""
     from benchmark.tasks import RunContext
+    from maccap.seed import check_seed
 
+    check_seed(train_seed, "training seed")
+    check_seed(eval_seed, "evaluation seed")
     work = Path(work_dir)
     data_dir, name = resolve_dataset(dataset, work, progress)
     key = RunKey(suite="cli", task=run_name or task, method=method, backbone=backbone, seed=train_seed)
@@ -57,7 +60,8 @@ def run_single(task: str, method: str, backbone: str, dataset: str, params: dict
     seed_everything(eval_seed)
     t0 = time.perf_counter()
     out = load_tasks().get(task)(ctx)
-    timings = {"total_s": time.perf_counter() - t0, **out.extra.get("timings_detail", {})}
+    timings = {"total_s": time.perf_counter() - t0}
     result = build_result(ctx.key, ctx.dataset, {"task": task, "params": params, "data_dir": str(ctx.data_dir)},
-                          {"train": train_seed, "eval": eval_seed}, out, timings)
+                          {"train": train_seed, "eval": eval_seed}, out, timings,
+                          runner={"data_dir": str(ctx.data_dir), "work_dir": str(ctx.work_dir), "device": device})
     return write_run(ctx.run_dir, result, out.items), out

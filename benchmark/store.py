@@ -3,6 +3,13 @@
 Layout: <results_dir>/<suite>/<task>/<method>/<backbone-slug>/seed<k>/result.json
 A run directory counts as finished only when result.json exists with status "ok"; everything is
 written atomically, so a killed run leaves no result.json (or the previous one) and is simply redone.
+
+Two blocks of result.json may differ between two runs of the same config, seeds and data, and only
+these (VOLATILE_KEYS): `timings` (wall-clock measures: the runner's total and the task's own, which
+tasks return as extra["timings"] / extra["timings_detail"] and build_result moves here) and
+`provenance` (when, where and with what: timestamp, git commit, library versions, absolute paths of
+the data, work and weights directories, checksums). Everything else is a function of the inputs and
+is bit-identical on the CPU (tests/test_faults.py checks it).
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, atomic_write_jsonl, hash_config, read_json
 
 SCHEMA_VERSION = 1
+VOLATILE_KEYS = ("timings", "provenance")  # the only top-level keys allowed to differ between identical runs
+TASK_TIMING_KEYS = ("timings", "timings_detail")  # keys of a task's `extra` that are timings
 REQUIRED_KEYS = ("schema_version", "run_id", "suite", "task", "method", "backbone", "dataset", "config",
                  "config_hash", "seeds", "status", "metrics", "skipped_metrics", "counts", "timings",
                  "provenance")
@@ -83,7 +93,12 @@ def library_versions() -> dict[str, str | None]:
 
 
 def build_result(key: RunKey, dataset: str, config: dict[str, Any], seeds: dict[str, int], out: TaskOutput,
-                 timings: dict[str, float], status: str = "ok", error: str | None = None) -> dict[str, Any]:
+                 timings: dict[str, float], status: str = "ok", error: str | None = None,
+                 runner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result.json object; the task's timings go to `timings`, `runner` (paths, device) to `provenance`."""
+    extra = {k: v for k, v in out.extra.items() if k not in TASK_TIMING_KEYS}
+    task_timings = {k: v for t in TASK_TIMING_KEYS if isinstance(out.extra.get(t), dict) for k, v in out.extra[t].items()}
+    timings = {**timings, **({"task": task_timings} if task_timings else {})}
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": key.run_id,
@@ -98,9 +113,10 @@ def build_result(key: RunKey, dataset: str, config: dict[str, Any], seeds: dict[
         "skipped_metrics": out.skipped_metrics,
         "counts": out.counts,
         "timings": timings,
-        "extra": out.extra,
+        "extra": extra,
         "artifacts": out.artifacts,
         "provenance": {
+            "runner": runner or {},
             "git_commit": git_commit(),
             "versions": library_versions(),
             "data_checksums": out.data_checksums,
@@ -115,6 +131,7 @@ def write_run(run_dir: Path, result: dict[str, Any], items: list[dict[str, Any]]
     if items is not None:
         atomic_write_jsonl(run_dir / "items.jsonl", items)
         result.setdefault("artifacts", {})["items"] = "items.jsonl"
+        faults.checkpoint("result-items")
     validate_result(result, run_dir / "result.json")
     atomic_write_json(run_dir / "result.json", result)
     return run_dir / "result.json"
@@ -131,6 +148,11 @@ def validate_result(result: Any, where: str | Path) -> dict[str, Any]:
     if not isinstance(result["metrics"], dict):
         raise UserError(f"{where}: field 'metrics' must be an object")
     return result
+
+
+def comparable(result: dict[str, Any]) -> dict[str, Any]:
+    """result.json without its VOLATILE_KEYS: what two runs of the same inputs must agree on exactly."""
+    return {k: v for k, v in result.items() if k not in VOLATILE_KEYS}
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -353,7 +353,7 @@ def _load_arch_file(name: str, arch: str, path: Path, device: str | torch.device
     with _quiet_random_init():
         model, _, preprocess = oc.create_model_and_transforms(arch, pretrained=None, force_quick_gelu=force_qg)
     state = read_state_dict(path)
-    load_into(model, state, where=str(path))
+    load_into(model, state, where=str(path), arch=arch)
     qg = bool(force_qg or arch.endswith("-quickgelu"))
     if arch in BACKBONES:  # quickstart models see images through the same tensor path as in training
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -406,15 +406,36 @@ def sparsify(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], where: str, arch: str = "") -> None:
+    """Load a state dict strictly; a file of another architecture or size is a UserError that says how."""
     vocab = getattr(model, "vocab_size", None) or model.token_embedding.num_embeddings
-    state = densify(state, vocab)
+    try:
+        state = densify(state, vocab)
+    except (RuntimeError, IndexError, KeyError) as e:
+        raise UserError(f"weights {where}: the sparse token embedding does not fit a vocabulary of {vocab} ({e})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        target = f"the architecture {arch!r}" if arch else "the architecture"
+        raise UserError(f"weights {where} do not match {target}: {problem}; are they the weights of another backbone?")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         msg = str(e).replace("\n", " ")
         raise UserError(f"weights {where} do not match the architecture: {msg[:300]}") from None
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], got: dict[str, Any]) -> str:
+    """'' when `got` has exactly the keys and shapes of `expected`, else a short account of the differences."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k} is {list(got[k].shape)} in the file, {list(v.shape)} in the model" for k, v in expected.items()
+              if k in got and hasattr(got[k], "shape") and tuple(got[k].shape) != tuple(v.shape)]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
+        if keys:
+            parts.append(f"{len(keys)} key(s) {label} (e.g. {', '.join(keys[:2])})")
+    return "; ".join(parts)
 
 
 def _network_unreachable(url: str) -> str | None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from maccap import faults
 from maccap.methods import MethodConfig
 from maccap.noise import NoiseModel
 from maccap.subregions import select_regions
@@ -161,6 +162,7 @@ def caption_images(captioner: Captioner, cls: torch.Tensor, tokens: torch.Tensor
         results += _caption_batch(captioner, cls[sl], None if tokens is None else tokens[sl],
                                   None if attn is None else attn[sl], encode_text,
                                   None if noise is None else noise[sl])
+        faults.checkpoint("caption-batch")
     return results
 
 

@@ -24,9 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from maccap.backbones import BACKBONES, Backbone, _open_clip, _tokenizer, load_backbone, sparsify, to_model_input
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_json, hash_config, read_json, sha256_file
-from maccap.seed import seed_everything
+from maccap.seed import check_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,18 @@ def probe_prompts() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
 
 def world_vocabulary(world_dir: Path, arch: str) -> torch.Tensor:
     """Sorted token ids of every text the world holds (all caption files, corpus) plus probe prompts."""
+    from maccap.data import load_corpus, load_karpathy
+
     tok = _tokenizer(arch)
     texts: list[str] = []
-    for fn in CAPTION_FILES:
+    for fn in CAPTION_FILES:  # through the validating readers: a malformed file is a UserError naming it
         p = world_dir / fn
         if not p.is_file():
             continue
-        data = read_json(p, fn)
-        for e in data:
-            texts.extend([e] if isinstance(e, str) else e.get("captions", []))
+        if fn == "corpus_train.json":
+            texts.extend(load_corpus(world_dir))
+        else:
+            texts.extend(c for r in load_karpathy(p) for c in r.captions)
     colour, shape = probe_prompts()
     texts += [t for ts in list(colour.values()) + list(shape.values()) for t in ts]
     return _token_ids(tok, sorted(set(texts)))
@@ -259,6 +263,7 @@ def train_clip(name: str, world_dir: str | Path, seed: int = 0, steps: int | Non
                progress: bool = True, config: TrainConfig | None = None) -> TrainedClip:
     """Train quickstart backbone `name` on the world's clip split, or reuse the cached result."""
     BACKBONES.get(name)
+    check_seed(seed, "CLIP training seed")
     world_dir = Path(world_dir)
     cfg = config or TrainConfig()
     over = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr)) if v is not None}
@@ -308,6 +313,7 @@ def _train(name: str, world_dir: Path, seed: int, cfg: TrainConfig, vocab: torch
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(cfg.max_logit_scale))
         losses.append(float(loss.detach()))
+        faults.checkpoint("clip-step")
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     train_s = time.time() - t0
@@ -320,6 +326,7 @@ def _train(name: str, world_dir: Path, seed: int, cfg: TrainConfig, vocab: torch
 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))  # no metadata: its key order is not stable, and the bytes must be
+    faults.checkpoint("clip-saved")
     backbone = load_backbone(name, weights=path)  # evaluate exactly what was stored
     metrics = evaluate_backbone(backbone, world_dir, cfg.eval_split, progress=progress, seed=seed)
     meta = {
@@ -362,6 +369,8 @@ def shipped_matches(name: str, world_dir: str | Path, seed: int, cfg: TrainConfi
 def ensure_backbone(name: str, world_dir: str | Path, seed: int = 0, cache_dir: str | Path = "work/clip",
                     steps: int | None = None, progress: bool = True, device: str = "cpu") -> tuple[Backbone, TrainedClip]:
     """Shipped weights when they match the world and settings; otherwise train (or reuse the cache)."""
+    BACKBONES.get(name)
+    check_seed(seed, "CLIP training seed")
     cfg = shipped_train_config(name)
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)

@@ -142,7 +142,7 @@ def load_image(path: str | Path) -> Image.Image:
                     raise UserError(f"image {path} is {im.width}x{im.height}, more than {MAX_IMAGE_PIXELS} pixels; "
                                     f"resize it first")
                 im.load()
-                return im.convert("RGB")
+                return _to_rgb(im, path)
     except UserError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -151,6 +151,19 @@ def load_image(path: str | Path) -> Image.Image:
         raise UserError(f"image {path} is not a readable image; expected a PNG or JPEG file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"image {path} is corrupt or truncated ({e}); expected a complete PNG or JPEG") from None
+
+
+def _to_rgb(im: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale is scaled down (PIL's convert would clip it to white); float is refused."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        raise UserError(f"image {path} has floating-point pixels (mode F); expected an 8- or 16-bit PNG or JPEG")
+    return im.convert("RGB")
 
 
 def load_corpus(data_dir: str | Path) -> list[str]:

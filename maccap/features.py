@@ -20,6 +20,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from maccap.backbones import Backbone, ImageTokens
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_path, atomic_write_json, hash_config, read_json, sha256_bytes, sha256_file
 
@@ -108,6 +109,7 @@ def _write_entry(entry: Path, expected: dict[str, Any], chunks: Iterator[dict[st
             with atomic_path(entry / name) as tmp:
                 save_file(part, str(tmp))
             shards.append({"file": name, "rows": take, "sha256": sha256_file(entry / name)})
+            faults.checkpoint("feature-shard")
             n -= take
 
     for chunk in chunks:

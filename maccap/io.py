@@ -1,7 +1,9 @@
 """Atomic file writes, checksums and JSON helpers.
 
 Every artefact goes through a temp file in the target directory followed by os.replace, so a kill at
-any point leaves either the old file or the new one, never half of one.
+any point leaves either the old file or the new one, never half of one. Temp files are named
+`.<name>.<pid>.<random>.tmp`: no reader ever opens them, and `sweep_stale_temps` removes those whose
+process is gone (what a SIGKILL leaves behind).
 """
 
 from __future__ import annotations
@@ -10,11 +12,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from maccap import faults
 from maccap.errors import UserError
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+_STARTED = time.time()  # a temp file of our own pid older than this came from an earlier process
 
 
 @contextlib.contextmanager
@@ -23,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from e
     os.close(fd)
@@ -32,10 +40,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        faults.checkpoint("atomic-replace")
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete atomic-write temp files below `root` left by processes that no longer run; return them.
+
+    A live writer's temp file is kept (its pid is alive), so this is safe while other runs write.
+    """
+    removed: list[Path] = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            m = _TEMP_RE.match(name)
+            if not m:
+                continue
+            p, pid = Path(dirpath) / name, int(m.group(1))
+            if pid == os.getpid():
+                try:
+                    stale = p.stat().st_mtime < _STARTED - 1
+                except FileNotFoundError:
+                    continue
+            else:
+                stale = not _pid_alive(pid)
+            if stale:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -96,6 +143,20 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path} line {i} is malformed JSON: {e.msg}") from None
     return rows
+
+
+def canonical_safetensors(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors serialises the `__metadata__` mapping in hash order, which changes from one process
+    to the next, so equal tensors and metadata would give different bytes. Offsets in the header are
+    relative to the data block, so re-serialising the header (space-padded to 8 bytes) keeps it valid.
+    """
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
 
 
 def sha256_bytes(data: bytes) -> str:

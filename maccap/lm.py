@@ -28,8 +28,9 @@ from typing import Any, Sequence
 
 import torch
 
+from maccap import faults
 from maccap.errors import UserError
-from maccap.io import atomic_write_json, hash_config, sha256_bytes
+from maccap.io import atomic_write_json, hash_config, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -283,11 +284,11 @@ def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, con
     key = hash_config({"corpus": corpus_hash(corpus), "config": asdict(config), "v": 3,
                        **({"contexts": ctx_key} if has_ctx else {})})
     out = Path(cache_dir) / f"quickstart-lm-{key}"
-    if (out / "DONE").is_file():
+    if _trained_lm_ok(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / f".{out.name}.lock")):  # workers sharing a work dir train it once
-        if not (out / "DONE").is_file():
+        if not _trained_lm_ok(out):
             _train_quickstart_lm(corpus, contexts if has_ctx else None, out, config, progress)
     return out
 
@@ -332,14 +333,35 @@ def _train_quickstart_lm(corpus: Sequence[str], contexts: Sequence[str | None] |
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        faults.checkpoint("lm-step")
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    faults.checkpoint("lm-saved")
     atomic_write_json(out / "quickstart_lm.json", {"corpus_hash": corpus_hash(corpus), "config": asdict(config),
                                                    "final_loss": float(loss.item()), "n_captions": len(corpus)})
-    atomic_write_json(out / "DONE", {"ok": True})
+    atomic_write_json(out / "DONE", {"ok": True, "model.safetensors": sha256_file(out / "model.safetensors")})
+
+
+def _trained_lm_ok(out: Path) -> bool:
+    """The DONE marker exists and the weights match the checksum it records (older markers have none)."""
+    from maccap.io import read_json
+
+    if not (out / "DONE").is_file():
+        return False
+    try:
+        done = read_json(out / "DONE", "quickstart LM marker")
+    except UserError as e:
+        log.warning("%s; retraining the quickstart LM", e)
+        return False
+    digest = done.get("model.safetensors") if isinstance(done, dict) else None
+    weights = out / "model.safetensors"
+    if digest is not None and (not weights.is_file() or sha256_file(weights) != digest):
+        log.warning("quickstart LM weights %s do not match the checksum in DONE; retraining", weights)
+        return False
+    return True
 
 
 def lm_identity(spec: str, model: torch.nn.Module) -> dict[str, Any]:

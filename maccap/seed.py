@@ -9,16 +9,27 @@ import numpy as np
 import torch
 
 
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """The seed as an int in [0, 2**32) (what numpy and torch accept everywhere), else a UserError."""
+    from maccap.errors import UserError
+
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"{what} {seed!r} is not an integer; expected an integer in [0, 2**32)")
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{what} {seed} is out of range; expected an integer in [0, 2**32)")
+    return seed
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     """Seed python, numpy and torch (CPU and CUDA); return a torch Generator seeded the same way.
 
     Training and evaluation take separate seeds, each passed through here, so test-time noise never
     depends on how many random numbers training happened to draw.
     """
-    if not 0 <= seed < 2**32:
-        from maccap.errors import UserError
-
-        raise UserError(f"seed {seed} is out of range; expected an integer in [0, 2**32)")
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from maccap.aligner import Aligner, AlignerConfig, PrefixMLP
 from maccap.captioning import Captioner
+from maccap import faults
 from maccap.distributed import DistEnv
 from maccap.errors import UserError
-from maccap.io import atomic_path, atomic_write_json, hash_config, read_json
+from maccap.io import atomic_path, atomic_write_json, hash_config, read_json, sha256_file
 from maccap.lm import embed_dim, encode_captions
 from maccap.methods import MethodConfig
 from maccap.noise import NoiseModel
@@ -68,8 +69,32 @@ class TrainConfig:
             bad = sorted(set(al) - set(AlignerConfig.__dataclass_fields__))
             if bad:
                 raise UserError(f"training config: unknown aligner option(s) {', '.join(bad)}")
+            _check_fields(al, AlignerConfig(), "training config: aligner.")
             al = AlignerConfig(**al)
+        _check_fields(d, cls(), "training config: ")
         return cls(aligner=al, **d)
+
+
+_ZERO_OK = {"weight_decay", "dropout", "warmup_iters", "val_images", "min_lr_factor", "warmup_start"}
+
+
+def _check_fields(values: dict[str, Any], defaults: Any, where: str) -> None:
+    """Each value has its default's type (None allowed where the default is None); numbers finite and > 0."""
+    for k, v in values.items():
+        default = getattr(defaults, k)
+        if v is None and (default is None or k in ("max_captions", "mlp_hidden")):
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        if not ok:
+            want = "true/false" if isinstance(default, bool) else "a number" if isinstance(default, float) else "an integer"
+            raise UserError(f"{where}{k}: expected {want}, got {type(v).__name__} {v!r}")
+        if not isinstance(v, bool) and (not math.isfinite(v) or v < 0 or (v == 0 and k not in _ZERO_OK)):
+            raise UserError(f"{where}{k}: {v!r} is out of range; expected a finite number > 0")
 
 
 # CPU-sized defaults for the quickstart world: 2 passes over 4096 corpus captions at batch 64 (128 steps),
@@ -139,10 +164,23 @@ def caption_loss(lm: nn.Module, embeds: torch.Tensor, mask: torch.Tensor, labels
 # checkpoints
 
 def _latest(ckpt_dir: Path) -> int | None:
+    """Epoch of the last checkpoint whose files match the checksums in latest.json, else None."""
     marker = ckpt_dir / "latest.json"
     if not marker.is_file():
         return None
-    return int(read_json(marker, "checkpoint marker")["epoch"])
+    try:
+        info = read_json(marker, "checkpoint marker")
+        epoch = int(info["epoch"])
+        sums = info.get("sha256", {})
+        d = ckpt_dir / f"epoch{epoch:03d}"
+        bad = [name for name, digest in sums.items() if not (d / name).is_file() or sha256_file(d / name) != digest]
+    except (UserError, KeyError, TypeError, ValueError) as e:
+        log.warning("checkpoint marker %s is unreadable (%s); training from scratch", marker, e)
+        return None
+    if bad:
+        log.warning("checkpoint %s: %s do not match latest.json's checksums; training from scratch", d, ", ".join(bad))
+        return None
+    return epoch
 
 
 def save_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer,
@@ -158,7 +196,8 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.op
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with atomic_path(d / "state.pt") as tmp:
         torch.save(state, tmp)
-    atomic_write_json(ckpt_dir / "latest.json", {"epoch": epoch, "step": step})
+    sums = {name: sha256_file(d / name) for name in ("bridge.safetensors", "state.pt")}
+    atomic_write_json(ckpt_dir / "latest.json", {"epoch": epoch, "step": step, "sha256": sums})
 
 
 def load_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer, sched: Any,
@@ -250,6 +289,7 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
             seen += len(idx)
             total += loss.item() * len(idx)
             count += len(idx)
+            faults.checkpoint("captioner-step")
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         history.append({"epoch": epoch + 1, "loss": total / count, "lr": sched.get_last_lr()[0]})
         log.info("%s epoch %d/%d: mean loss %.4f", method.name, epoch + 1, config.epochs, total / count)
@@ -259,6 +299,7 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
                 log.info("  val: %s", cap)
         if ckpt is not None and main:
             save_checkpoint(ckpt, epoch, bridge, opt, sched, gen, step, history)
+            faults.checkpoint("captioner-epoch")
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     bridge.eval()
@@ -369,12 +410,11 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
         syntic.attach(captioner, method, backbone, text_feats)
     out.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out / ".lock")) if main else contextlib.nullcontext():  # rank 0 speaks for the job
-        done = (out / "meta.json").is_file() and (out / "bridge.safetensors").is_file()
-        if dist is not None:
-            done = dist.broadcast(done)
+        meta = _finished_captioner(out)
+        done = meta is not None if dist is None else dist.broadcast(meta is not None)
         if done:
-            captioner.bridge.load_state_dict(load_file(str(out / "bridge.safetensors")))
-            meta = read_json(out / "meta.json", "captioner metadata")
+            meta = meta or _finished_captioner(out)
+            _load_bridge(captioner, out / "bridge.safetensors")
         else:
             text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
             if method.test_memory == "decap-projection":
@@ -390,6 +430,7 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
                 with atomic_path(out / "bridge.safetensors") as tmp:
                     save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()},
                               str(tmp))
+                faults.checkpoint("captioner-saved")
             meta = {"key": key, "method": method.train_fields(), "backbone": feature_source, "lm": ident,
                     "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
                     "config": config.to_dict(), "noise_digest": noise_digest, "history": info["history"],
@@ -399,6 +440,7 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             if dist is not None:
                 meta["distributed"] = {"world_size": dist.world_size, "backend": dist.backend}
             if main:
+                meta["bridge_sha256"] = sha256_file(out / "bridge.safetensors")
                 atomic_write_json(out / "meta.json", meta)
     if dist is not None:
         dist.barrier()  # the weights are on disk before any rank moves on
@@ -409,6 +451,34 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
         captioner.text_bank = text_feats.to(device)
     return captioner
+
+
+def _finished_captioner(out: Path) -> dict[str, Any] | None:
+    """meta.json of a finished captioner whose weights match its recorded checksum, else None (retrain)."""
+    weights, meta_path = out / "bridge.safetensors", out / "meta.json"
+    if not (meta_path.is_file() and weights.is_file()):
+        return None
+    try:
+        meta = read_json(meta_path, "captioner metadata")
+    except UserError as e:
+        log.warning("%s; retraining", e)
+        return None
+    digest = meta.get("bridge_sha256") if isinstance(meta, dict) else None
+    if digest is not None and digest != sha256_file(weights):
+        log.warning("captioner weights %s do not match the checksum in %s; retraining", weights, meta_path)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _load_bridge(captioner: Captioner, path: Path) -> None:
+    """Load trained bridge weights; a file of another method, size or LM is a UserError naming it."""
+    try:
+        state = load_file(str(path))
+        captioner.bridge.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError) as e:
+        msg = str(e).replace("\n", " ")[:300]
+        raise UserError(f"captioner weights {path} do not fit this method/LM/aligner ({type(e).__name__}: {msg}); "
+                        f"delete {path.parent} to retrain") from None
 
 
 def _val_captions(captioner: Captioner, backbone: Any, data_dir: str | Path, cache: Path, n: int,

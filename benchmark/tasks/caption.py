@@ -81,11 +81,23 @@ def build_captioner(ctx: RunContext, method_name: str | None = None) -> tuple[An
     return captioner, backbone
 
 
+def check_metric_names(names: list[str]) -> None:
+    """Unknown caption metric names as a UserError ("did you mean"), before any training."""
+    from maccap.metrics.captions import _resolve_metrics
+
+    if not isinstance(names, list) or not all(isinstance(m, str) for m in names):
+        raise UserError(f"task caption: parameter 'metrics' must be a list of metric names, got {names!r}")
+    _resolve_metrics([m for m in names if m != "clip_s"])
+
+
 def run_caption(ctx: RunContext) -> TaskOutput:
     from maccap import features
     from maccap.captioning import caption_images
     from maccap.metrics import clip_score, score_captions, with_prompt
 
+    wanted = ctx.params.get("metrics") or ["bleu", "meteor", "rouge", "cider", "spice", "clip_s"]
+    check_metric_names(wanted)  # a typo fails now, not after training
+    text_metrics = [m for m in wanted if m != "clip_s"]
     t0 = time.perf_counter()
     captioner, backbone = build_captioner(ctx)
     t_train = time.perf_counter() - t0
@@ -100,8 +112,6 @@ def run_caption(ctx: RunContext) -> TaskOutput:
     t_infer = time.perf_counter() - t1
     preds = {names[i]: r.caption for i, r in enumerate(results)}
     refs = {names[i]: list(by_name[names[i]]["captions"]) for i in range(n)}
-    wanted = list(ctx.params.get("metrics") or ["bleu", "meteor", "rouge", "cider", "spice", "clip_s"])
-    text_metrics = [m for m in wanted if m != "clip_s"]
     t2 = time.perf_counter()
     scores = score_captions(preds, refs, metrics=text_metrics, work_dir=ctx.work_dir / "metrics_tmp")
     metrics = dict(scores.metrics)

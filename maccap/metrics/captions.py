@@ -38,6 +38,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import spice as _spice_module
 from tqdm import tqdm
 
+from maccap import faults
 from maccap.errors import UserError
 from maccap.metrics.ptb import find_java, ptb_tokenize, python_tokenize
 
@@ -265,6 +266,7 @@ def score_captions(predictions: Mapping[str, str], references: Mapping[str, Sequ
         t0 = time.perf_counter()
         gts, res = tokenize_for_metrics(ids, predictions, references, java, wd, java_heap)
         scores.timings["tokenize"] = time.perf_counter() - t0
+        faults.checkpoint("metrics")
         todo = [m for m in wanted if m not in scores.skipped]
         for m in tqdm(todo, desc="caption metrics", disable=not progress):
             t0 = time.perf_counter()

@@ -43,7 +43,8 @@ def ptb_tokenize(texts: list[str], work_dir: Path, java: str, heap: str = "512m"
     if not texts:
         return []
     work_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="ptb_", suffix=".txt", dir=work_dir)
+    # named like maccap.io's temp files, so the runner's sweep removes what a killed process leaves
+    fd, name = tempfile.mkstemp(prefix=f".ptb_input.{os.getpid()}.", suffix=".tmp", dir=work_dir)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write("\n".join(_clean_line(t) for t in texts).encode("utf-8"))

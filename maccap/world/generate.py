@@ -20,8 +20,10 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, dumps_json, read_json, sha256_bytes
+from maccap.seed import check_seed
 from maccap.world.captions import scene_captions
 from maccap.world.config import ID_OFFSETS, SPLIT_CODES, WORLD_NAME, WORLD_VERSION, WorldConfig
 from maccap.world.questions import scene_questions
@@ -44,6 +46,7 @@ def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)  # the manifest, written last, is what makes the directory trusted
     files[rel] = sha256_bytes(data)
+    faults.checkpoint("world-file")
 
 
 def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int
@@ -137,6 +140,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
     Images are rendered by `workers` processes (default: one per CPU core); the bytes do not depend on it.
     """
     config = config or WorldConfig()
+    check_seed(seed, "world seed")
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     try:
@@ -154,6 +158,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
                 "sizes": sizes, "files": dict(sorted(files.items())),
                 "hash": sha256_bytes(dumps_json(dict(sorted(files.items()))).encode())}
     atomic_write_json(tmp / "manifest.json", manifest)
+    faults.checkpoint("world-publish")
     old = out.with_name(out.name + ".old")
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -162,6 +167,14 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
     shutil.rmtree(old, ignore_errors=True)
     log.info("world written to %s in %.1f s: %s", out, time.perf_counter() - t0, sizes)
     return out / "manifest.json"
+
+
+def _drop_leftovers(out: Path) -> None:
+    """A complete world makes the `.old` copy a kill may leave behind (between the renames) garbage."""
+    old = out.with_name(out.name + ".old")
+    if old.is_dir():
+        log.info("removing %s left by an interrupted world generation", old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None, progress: bool = True,
@@ -175,6 +188,7 @@ def ensure_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None 
         except UserError:
             manifest = None
         if manifest_matches(manifest, seed, config):
+            _drop_leftovers(Path(out_dir))
             if not verify:
                 return path
             from maccap.data import verify_manifest
