@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,9 @@ def submit_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path,
                  report: bool = True, progress: bool = True) -> FanoutSummary:
     """Submit one job per shard with submitit, wait for all of them, then aggregate and report."""
     submitit = require_submitit()
+    if config.executor == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: `sbatch` is not on PATH; submit from a Slurm login node "
+                        "(or use --executor local to run the shard jobs on this machine)")
     t0 = time.perf_counter()
     results_dir, work_dir = Path(results_dir).resolve(), Path(work_dir).resolve()
     runs = plan_suite(suite, results_dir, tasks_filter, None, skip_existing)

@@ -83,11 +83,6 @@ class DistEnv:
         total_sum, total_count = stats[0], stats[1].clamp(min=1)
         return local_sum * (w * self.world_size / total_count), total_sum / total_count
 
-    def all_sum(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
     def barrier(self) -> None:
         if self.backend == "nccl":
             torch.distributed.barrier(device_ids=[self.local_rank])
@@ -108,9 +103,6 @@ class DistEnv:
         yield
         if self.is_main:
             self.barrier()
-
-    def _comm_device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
 
 def env_world() -> tuple[int, int, int]:

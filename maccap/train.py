@@ -423,7 +423,8 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             if synthetic:  # SynTIC: memory from rendered images (maccap.syntic)
                 train_feats = syntic.prepare_training(captioner, backbone, corpus, text_feats, feat_cache, train_seed,
                                                       progress)
-            val_fn = _val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress) if main else None
+            val_fn = (_val_captions(captioner, backbone, data_dir, feat_cache, config.val_images, progress)
+                      if main else None)  # logging only: rank 0
             info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn,
                        dist=dist)
             if main:

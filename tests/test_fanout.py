@@ -77,6 +77,15 @@ def test_submission_options_are_checked(tmp_path: Path) -> None:
         assert isinstance(r.exception, UserError) and msg in str(r.exception), (extra, r.output, r.exception)
 
 
+def test_slurm_needs_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    r = CliRunner().invoke(command, _args(tmp_path, _suite(tmp_path, methods=("maccap",)), "--executor", "slurm",
+                                          "--slurm-partition", "gpu"))
+    assert isinstance(r.exception, UserError) and "`sbatch` is not on PATH" in str(r.exception)
+
+
 def test_missing_submitit_is_a_clear_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from benchmark.runner import format_plan, parse_shard, plan_suite, resolve_jobs, run_suite
 from benchmark.suite import load_suite
 from maccap.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.fanout import FanoutSummary
 
 EXECUTOR_CHOICES = ("inline", "slurm", "local", "debug")
 
@@ -95,9 +99,16 @@ def command(suite: str, overrides: tuple[str, ...], results_dir: str, reports_di
         click.echo(format_plan(s, plan_suite(s, results_dir, list(only) or None, shard_t, skip_existing)))
         return
     if executor != "inline":
+        from benchmark.fanout import FanoutConfig, submit_suite
+
         n_jobs = None if jobs == "auto" else resolve_jobs(jobs, s, device)
-        _submit(s, executor, results_dir, reports_dir, work_dir, skip_existing, only, device, data, no_progress,
-                n_jobs, timeout_min, gpus_per_job, cpus_per_job, slurm_partition, slurm_option, submitit_dir)
+        cfg = FanoutConfig(executor=executor, jobs=n_jobs, folder=Path(submitit_dir) if submitit_dir else None,
+                           timeout_min=720 if timeout_min is None else timeout_min, gpus_per_job=gpus_per_job or 0,
+                           cpus_per_job=cpus_per_job, partition=slurm_partition,
+                           slurm_options=_slurm_options(slurm_option))
+        _echo_fanout(submit_suite(s, results_dir, reports_dir, work_dir, cfg, skip_existing=skip_existing,
+                                  tasks_filter=list(only) or None, device=device, data_dirs=_data_overrides(data),
+                                  progress=not no_progress), executor)
         return
     summary = run_suite(s, results_dir, reports_dir, work_dir, skip_existing=skip_existing,
                         stop_on_error=stop_on_error, progress=not no_progress, tasks_filter=list(only) or None,
@@ -116,23 +127,16 @@ def command(suite: str, overrides: tuple[str, ...], results_dir: str, reports_di
         sys.exit(1)
 
 
-def _submit(s, executor, results_dir, reports_dir, work_dir, skip_existing, only, device, data, no_progress, jobs,
-            timeout_min, gpus_per_job, cpus_per_job, slurm_partition, slurm_option, submitit_dir) -> None:
-    from benchmark.fanout import FanoutConfig, submit_suite
-
-    cfg = FanoutConfig(executor=executor, jobs=jobs, folder=Path(submitit_dir) if submitit_dir else None,
-                       timeout_min=timeout_min if timeout_min is not None else 720,
-                       gpus_per_job=gpus_per_job or 0, cpus_per_job=cpus_per_job, partition=slurm_partition,
-                       slurm_options=_slurm_options(slurm_option))
-    summary = submit_suite(s, results_dir, reports_dir, work_dir, cfg, skip_existing=skip_existing,
-                           tasks_filter=list(only) or None, device=device, data_dirs=_data_overrides(data),
-                           progress=not no_progress)
-    click.echo(f"suite {s.name}: {summary.planned} runs in {len(summary.jobs)} shard job(s) on {executor} "
+def _echo_fanout(summary: FanoutSummary, executor: str) -> None:
+    """One line per shard job, the failed runs, the report; exit 1 when a job did not finish."""
+    click.echo(f"suite {summary.suite}: {summary.planned} runs in {len(summary.jobs)} shard job(s) on {executor} "
                f"({summary.wall_s:.1f} s)")
     for j in summary.jobs:
-        counts = (f"{j['ok']} ok, {j['skipped']} reused, {len(j['failed'])} failed" if j["state"] == "done"
-                  else j["error"])
-        click.echo(f"  job {j['job_id']} shard {j['shard']}: {j['state']}: {counts}" + (f" (log {j['log']})" if j["state"] != "done" else ""))
+        if j["state"] == "done":
+            click.echo(f"  job {j['job_id']} shard {j['shard']}: done: {j['ok']} ok, {j['skipped']} reused, "
+                       f"{len(j['failed'])} failed")
+        else:
+            click.echo(f"  job {j['job_id']} shard {j['shard']}: {j['state']}: {j['error']} (log {j['log']})")
     for rid in summary.failed_runs:
         click.echo(f"  failed: {rid} (see its result.json 'error')")
     if summary.report:

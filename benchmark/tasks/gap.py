@@ -2,7 +2,9 @@
 
 Params (ctx.params): split ("test"), one_caption_per_image (False), reservoir_size (5000),
 batch_size (64), max_images (None = all; subregion only), attention_k (10),
-attention_weighting ("softmax_probs"), grid_scales ([2, 3]), figures (True), grid_images (8).
+attention_weighting ("softmax_probs"), grid_scales ([2, 3]), figures (True), grid_images (8);
+gap only: pairs ("image-text", or "real-synthetic": d = real image - the image rendered from its
+caption, SynTIC's view of the gap), renderer ("world"), renderer_options ({}), render_seed (0).
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ def caption_features(ctx: RunContext, backbone: Any, texts: list[str]) -> np.nda
     return torch.nn.functional.normalize(t, dim=-1).numpy()
 
 
+def synthetic_features(ctx: RunContext, backbone: Any, texts: list[str]) -> np.ndarray:
+    """Features of one image rendered from each caption (SynTIC's renderer registry), cached."""
+    from maccap.renderers import get_renderer
+    from maccap.renderers import synthetic_features as render_features
+
+    renderer = get_renderer(str(ctx.params.get("renderer", "world")), ctx.params.get("renderer_options"),
+                            device=ctx.device)
+    feats = render_features(backbone, texts, renderer, int(ctx.params.get("render_seed", 0)), _cache_dir(ctx),
+                            progress=ctx.progress)
+    return torch.nn.functional.normalize(feats.float(), dim=-1).numpy()
+
+
 def load_pil(ctx: RunContext, rec: Any) -> Any:
     from maccap.data import load_image
 
@@ -113,10 +127,16 @@ def gap_task(ctx: RunContext) -> TaskOutput:
     backbone, records, split = load_inputs(ctx)
     texts, owner = captions_of(records)
     img = image_features(ctx, backbone, records, split)
-    txt = caption_features(ctx, backbone, texts)
+    pairs = str(p.get("pairs", "image-text"))
+    if pairs == "image-text":
+        txt = caption_features(ctx, backbone, texts)
+    elif pairs == "real-synthetic":  # the rendered image of each caption stands where its text feature stood
+        txt = synthetic_features(ctx, backbone, texts)
+    else:
+        raise UserError(f"task gap: pairs={pairs!r}; expected 'image-text' or 'real-synthetic'")
     t_feat = time.perf_counter() - t0
     config = G.GapConfig(reservoir_size=int(p.get("reservoir_size", 5000)), seed=ctx.eval_seed)
-    meta = {"backbone": ctx.key.backbone, "dataset": ctx.dataset, "split": split,
+    meta = {"backbone": ctx.key.backbone, "dataset": ctx.dataset, "split": split, "pairs": pairs,
             "one_caption_per_image": bool(p.get("one_caption_per_image", False))}
     batches = G.paired_batches(img, txt, owner, one_per_image=meta["one_caption_per_image"], seed=ctx.eval_seed)
     res = G.analyze_gap(batches, img.shape[1], config, logit_scale=getattr(backbone, "logit_scale", None), meta=meta)
