@@ -271,9 +271,9 @@ def resolve_jobs(jobs: int | str, suite: Suite, device: str) -> int:
         try:
             n = int(jobs)
         except (TypeError, ValueError):
-            raise UserError(f"--jobs {jobs!r}: expected a positive integer or 'auto'") from None
+            raise UserError(f"--jobs {jobs}: expected a positive integer or 'auto'") from None
         if n < 1:
-            raise UserError(f"--jobs {jobs!r}: expected a positive integer or 'auto'")
+            raise UserError(f"--jobs {jobs}: expected a positive integer or 'auto'")
         return n
     if resolve_device(device or suite.device) != "cpu":
         return 1

@@ -68,7 +68,7 @@ def test_a_crashed_job_is_reported_with_its_log_and_no_report(tmp_path: Path) ->
 
 def test_submission_options_are_checked(tmp_path: Path) -> None:
     path = _suite(tmp_path, methods=("maccap",))
-    for extra, msg in ((["--jobs", "2"], "--jobs: only with --executor"),
+    for extra, msg in ((["--jobs", "two"], "--jobs two: expected a positive integer"),
                        (["--executor", "local", "--slurm-partition", "gpu"], "apply to --executor slurm"),
                        (["--executor", "debug", "--shard", "0/2"], "makes the shards itself"),
                        (["--executor", "debug", "--jobs", "0"], "--jobs 0"),
