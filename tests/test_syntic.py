@@ -267,6 +267,29 @@ def test_synthetic_real_gap(bb, world, tmp_path):
     assert -1 <= s["paired_cosine_real_synthetic"] <= 1 and "isotropic_sigma2" in out["metrics"]
 
 
+def test_gap_task_runs_on_real_vs_synthetic_pairs(world, tmp_path):
+    """The gap task's `pairs: real-synthetic`: the caption's rendered image takes the text feature's place."""
+    from benchmark.store import RunKey
+    from benchmark.tasks import TASKS, RunContext, load_tasks
+    from maccap.backbones import load_backbone
+
+    load_tasks()
+
+    def run(pairs: str):
+        ctx = RunContext(key=RunKey("s", "gap", "default", "qs-rn", 0), run_dir=tmp_path / pairs, work_dir=tmp_path / "w",
+                         data_dir=world, dataset="quickstart", params={"pairs": pairs, "figures": False}, progress=False)
+        return TASKS.get("gap")(ctx)
+
+    synth, text = run("real-synthetic"), run("image-text")
+    assert synth.counts == text.counts and synth.extra["gap"]["n_pairs"] == 30
+    expected = S.synthetic_real_gap(S.synthetic_real_pairs(load_backbone("qs-rn"), world, tmp_path / "w2",
+                                                           splits=("test",)))
+    assert synth.metrics["centroid_gap"] == pytest.approx(expected["summary"]["centroid_gap_real_synthetic"], rel=1e-4)
+    assert synth.metrics["centroid_gap"] != pytest.approx(text.metrics["centroid_gap"], rel=1e-3)
+    with pytest.raises(UserError, match="pairs='text-text'"):
+        run("text-text")
+
+
 # ------------------------------------------------------------------------------------------ the harness
 
 def test_registered_methods_carry_the_syntic_config():
