@@ -28,6 +28,7 @@ from benchmark.tasks import RunContext, load_tasks
 from maccap import faults
 from maccap.errors import UserError
 from maccap.io import hash_config, sweep_stale_temps
+from maccap.workers import cpu_cores, die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def resolve_jobs(jobs: int | str, suite: Suite, device: str) -> int:
         return n
     if resolve_device(device or suite.device) != "cpu":
         return 1
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(1, min(4, cpu_cores()))
 
 
 def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, work_dir: str | Path,
@@ -372,12 +373,13 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
 
 def _worker(suite_path: str, edits: list[str], results_dir: Path, work_dir: Path, overrides: dict[str, Path],
             device: str, stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int],
-            threads: int) -> RunSummary:
+            threads: int, parent_pid: int) -> RunSummary:
     """One shard in a fresh process: its share of the threads, no report, no progress bars."""
     import torch
 
     from benchmark.suite import load_suite
 
+    die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format=f"shard {shard[0]}/{shard[1]} %(levelname)s %(name)s: %(message)s")
     suite = load_suite(suite_path, overrides=edits)
@@ -409,20 +411,28 @@ def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary,
             data.get(entry)
         except Exception as e:  # noqa: BLE001 - the workers record it against each run
             log.error("dataset %s could not be built: %s", entry.dataset.display, e)
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // jobs)
+    threads = max(1, cpu_cores() // jobs)
     todo = {r.run_id: r for r in runs if not r.done}
     ctx = multiprocessing.get_context("spawn")
     with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
             tqdm(total=len(todo), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
         futures = [pool.submit(_worker, str(suite.path), list(suite.overrides), results_dir, work_dir, overrides,
-                               device, stop_on_error, tasks_filter, (i, jobs), threads) for i in range(jobs)]
+                               device, stop_on_error, tasks_filter, (i, jobs), threads, os.getpid())
+                   for i in range(jobs)]
         pending = set(futures)
         while pending:
             _, pending = cf.wait(pending, timeout=2.0)
             finished = sum(is_complete(r.run_dir, r.config_hash) for r in todo.values())
             bar.update(finished - bar.n)
         for f in futures:
-            part = f.result()
+            try:
+                part = f.result()
+            except cf.process.BrokenProcessPool:  # a worker was killed: its finished runs are kept
+                log.error("a worker process died (killed or out of memory) before its shard finished")
+                summary.interrupted = True
+                summary.not_run = [r.run_id for r in todo.values() if not is_complete(r.run_dir, r.config_hash)
+                                   and r.run_id not in summary.failed]
+                return
             summary.ok += part.ok
             summary.failed += part.failed
             summary.not_run += part.not_run

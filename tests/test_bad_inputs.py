@@ -233,8 +233,9 @@ def _train(w: Path, tmp: Path, *more: str) -> list[str]:
 
 
 def _run(tmp: Path, suite: Path, *more: str) -> list[str]:
+    # one process: the faults these tests plant (monkeypatches) live in this process only
     return ["run", str(suite), "--results-dir", str(tmp / "results"), "--reports-dir", str(tmp / "reports"),
-            "--work-dir", str(tmp / "work"), "--no-progress", *more]
+            "--work-dir", str(tmp / "work"), "--no-progress", "--jobs", "1", *more]
 
 
 # (id, args(world, tmp), expected message)

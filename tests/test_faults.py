@@ -224,7 +224,7 @@ def test_ctrl_c_stops_at_the_next_safe_point(reference: Path, suite_file: Path, 
     from benchmark.commands.run import command
 
     args = [str(suite_file), "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports"),
-            "--work-dir", str(tmp_path / "work"), "--no-progress"]
+            "--work-dir", str(tmp_path / "work"), "--no-progress", "--jobs", "1"]
     faults.reset()
     r = CliRunner().invoke(command, args, env={faults.ENV: "clip-step:1:int"})
     assert r.exit_code == 130, r.output
@@ -251,7 +251,7 @@ def test_second_ctrl_c_aborts_at_once_with_resume_advice(suite_file: Path, tmp_p
     monkeypatch.setenv(faults.ENV, "world-file:1:int,world-publish:1:int")
     monkeypatch.setattr(sys, "argv", ["maccap-bench", "run", str(suite_file), "--results-dir", str(tmp_path / "results"),
                                       "--reports-dir", str(tmp_path / "reports"), "--work-dir", str(tmp_path / "work"),
-                                      "--no-progress"])
+                                      "--no-progress", "--jobs", "1"])
     faults.reset()
     with pytest.raises(SystemExit) as e:
         main()

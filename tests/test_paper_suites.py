@@ -123,7 +123,8 @@ def test_paper_suite_runs_end_to_end_when_shrunk(suite: str, prepared: Path, mon
     if suite == "flickr30k":
         sets += ["tasks.caption.methods=[maccap,capdec]", "tasks.gap.params.figures=false",
                  "tasks.subregion.params.figures=false"]
-    args = ["run", suite, "--results-dir", f"results-{suite}", "--reports-dir", f"reports-{suite}", "--no-progress"]
+    args = ["run", suite, "--results-dir", f"results-{suite}", "--reports-dir", f"reports-{suite}", "--no-progress",
+            "--jobs", "1"]
     code, out = _cli(*args, *sum((["--set", s] for s in sets), []))
     assert code == 0 and "0 failed" in out, out
     assert (prepared / f"reports-{suite}" / suite / "index.html").is_file()

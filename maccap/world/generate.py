@@ -23,6 +23,7 @@ from tqdm import tqdm
 from maccap import faults
 from maccap.errors import UserError
 from maccap.io import atomic_write_json, dumps_json, read_json, sha256_bytes
+from maccap.workers import cpu_cores, die_with_parent
 from maccap.seed import check_seed
 from maccap.world.captions import scene_captions
 from maccap.world.config import ID_OFFSETS, SPLIT_CODES, WORLD_NAME, WORLD_VERSION, WorldConfig
@@ -46,7 +47,6 @@ def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)  # the manifest, written last, is what makes the directory trusted
     files[rel] = sha256_bytes(data)
-    faults.checkpoint("world-file")
 
 
 def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int
@@ -86,6 +86,7 @@ def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: 
     items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool is not None else map(make, range(n))
     entries, questions, annotations = [], [], []
     for rel, digest, entry, qs, ans in tqdm(items, total=n, desc=f"world {split}", disable=not progress, leave=False):
+        faults.checkpoint("world-file")  # here, in the process that runs the suite, not in a render worker
         files[rel] = digest
         entries.append(entry)
         questions += qs
@@ -109,10 +110,6 @@ def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], p
     return len(texts)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[Any]:
     """A process pool for rendering (None for one worker): fork where there is one, it starts in ms."""
@@ -123,7 +120,8 @@ def _pool(workers: int) -> Iterator[Any]:
     import multiprocessing
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         yield pool
 
 
@@ -150,7 +148,7 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
         raise UserError(f"cannot write the world to {out}: {e.strerror or e}") from None
     t0 = time.perf_counter()
     files: dict[str, str] = {}
-    with _pool(workers or _cores()) as pool:
+    with _pool(workers or cpu_cores()) as pool:
         sizes = {split: len(_image_split(tmp, split, seed, config, files, progress, pool))
                  for split in ("clip", "val", "test")}
     sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress)
