@@ -371,10 +371,12 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
 # ----------------------------------------------------------------------------------------------
 # several worker processes on one machine
 
+PACKAGES = ("maccap", "analysis", "benchmark")  # whose log level the workers take from the runner
+
 def _worker(suite_path: str, edits: list[str], results_dir: Path, work_dir: Path, overrides: dict[str, Path],
             device: str, stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int],
-            threads: int, parent_pid: int) -> RunSummary:
-    """One shard in a fresh process: its share of the threads, no report, no progress bars."""
+            threads: int, parent_pid: int, log_level: int) -> RunSummary:
+    """One shard in a fresh process: its share of the threads, the runner's log level, no progress bars."""
     import torch
 
     from benchmark.suite import load_suite
@@ -382,6 +384,8 @@ def _worker(suite_path: str, edits: list[str], results_dir: Path, work_dir: Path
     die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format=f"shard {shard[0]}/{shard[1]} %(levelname)s %(name)s: %(message)s")
+    for pkg in PACKAGES:
+        logging.getLogger(pkg).setLevel(log_level)
     suite = load_suite(suite_path, overrides=edits)
     runs = plan_suite(suite, results_dir, tasks_filter, shard)
     summary = RunSummary(suite=suite.name, planned=len(runs))
@@ -417,7 +421,8 @@ def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary,
     with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
             tqdm(total=len(todo), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
         futures = [pool.submit(_worker, str(suite.path), list(suite.overrides), results_dir, work_dir, overrides,
-                               device, stop_on_error, tasks_filter, (i, jobs), threads, os.getpid())
+                               device, stop_on_error, tasks_filter, (i, jobs), threads, os.getpid(),
+                               logging.getLogger(PACKAGES[0]).getEffectiveLevel())
                    for i in range(jobs)]
         pending = set(futures)
         while pending:
