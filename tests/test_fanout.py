@@ -48,7 +48,7 @@ def test_local_executor_runs_shards_as_processes(tmp_path: Path) -> None:
     assert "12 runs in 2 shard job(s) on local" in r.output and "report:" in r.output
     assert r.output.count(": done: 6 ok, 0 reused, 0 failed") == 2
     res = read_result(tmp_path / "results/dum/a/maccap/bb-b/seed2/result.json")
-    assert res["status"] == "ok" and res["extra"]["runner"]["suite_overrides"] == []
+    assert res["status"] == "ok" and res["provenance"]["runner"]["suite_overrides"] == []
     assert (tmp_path / "reports" / "dum" / "index.html").is_file()
     assert list((tmp_path / "work" / "submitit").glob("*_log.err"))  # the jobs' logs stay with the work dir
 

@@ -133,7 +133,7 @@ def test_paper_suite_runs_end_to_end_when_shrunk(suite: str, prepared: Path, mon
     assert len(results) == len(plan) and all(r.done for r in plan)
     for path in results:
         res = read_result(path)
-        assert res["status"] == "ok" and res["extra"]["runner"]["suite_overrides"] == sets
+        assert res["status"] == "ok" and res["provenance"]["runner"]["suite_overrides"] == sets
         bb = res["provenance"]["weights"].get("backbone")
         if bb:  # the exact CLIP weights: the shipped file's hash
             assert bb["name"] == "qs-rn" and len(bb["weights_sha256"]) == 64
