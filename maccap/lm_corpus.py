@@ -6,10 +6,11 @@ VQA relies on that. The quickstart LM is trained from scratch, so trained on cap
 never seen a question and VQA would measure nothing. Our stand-in for "general language knowledge":
 QA text in the prompt format, generated from *fresh* world scenes drawn on a random stream no world
 split uses and rejected when their content (attributes and grid cells, `scene_signature`) equals any
-scene of an image split (clip/val/test). No image is involved. Part of the QA text carries a caption
-of the same scene in front ("{caption} Question: {q} Short answer: {a}"), the analogue of the reading
-comprehension a general LM brings; the rest is the bare prompt, which teaches the answer format and
-the answer priors.
+scene of an image split (clip/val/test). No image is involved. Every QA text comes with a caption of
+its scene: the quickstart LM may put that caption's words, unordered, in front of it (maccap.lm), the
+form a captioner's image prefix takes, so the LM learns to answer from what a caption says; part of
+the texts also carry the caption inline ("{caption} Question: {q} Short answer: {a}"), the
+caption-then-answer format; the rest, seen without context, teach the answer format and priors.
 
 What this is not. This text is world-specific: the LM learns the world's question templates, answer
 vocabulary and answer frequencies, which is more than OPT knows about VQAv2. That is why every VQA
