@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -288,8 +289,8 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
               report: bool = True, jobs: int = 1) -> RunSummary:
     """Run every planned run of `suite`; aggregate and (if `report`) render the report at the end unless sharded.
 
-    `jobs` > 1 runs the shards of `_shard` in that many worker processes (each with an equal share
-    of the CPU threads) and reports once they are all done.
+    `jobs` > 1 runs the runs in that many worker processes (each with an equal share of the CPU
+    threads, `_execute_parallel`) and reports once they are all done.
     """
     t0 = time.perf_counter()
     results_dir, reports_dir, work_dir = Path(results_dir), Path(reports_dir), Path(work_dir)
@@ -309,8 +310,7 @@ def run_suite(suite: Suite, results_dir: str | Path, reports_dir: str | Path, wo
         _sweep(results_dir / slug(suite.name), reports_dir / slug(suite.name), work_dir)
         dev = resolve_device(device or suite.device)
         if jobs > 1 and shard is None and any(not r.done for r in runs):
-            _execute_parallel(suite, runs, summary, results_dir, work_dir, data_dirs or {}, dev, stop_on_error,
-                              progress, tasks_filter, jobs)
+            _execute_parallel(suite, runs, summary, work_dir, data_dirs or {}, dev, stop_on_error, progress, jobs)
         else:
             _execute(suite, runs, summary, work_dir, data_dirs or {}, dev, stop_on_error, progress)
     finally:
@@ -373,73 +373,113 @@ def _execute(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir
 
 PACKAGES = ("maccap", "analysis", "benchmark")  # whose log level the workers take from the runner
 
-def _worker(suite_path: str, edits: list[str], results_dir: Path, work_dir: Path, overrides: dict[str, Path],
-            device: str, stop_on_error: bool, tasks_filter: list[str] | None, shard: tuple[int, int],
-            threads: int, parent_pid: int, log_level: int) -> RunSummary:
-    """One shard in a fresh process: its share of the threads, the runner's log level, no progress bars."""
+
+def _init_worker(threads: int, parent_pid: int, log_level: int) -> None:
+    """A fresh worker process: its share of the threads, the runner's log level, Ctrl-C left to the runner."""
     import torch
 
-    from benchmark.suite import load_suite
-
     die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops handing out runs; the current one finishes
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format=f"shard {shard[0]}/{shard[1]} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()} %(levelname)s %(name)s: %(message)s")
     for pkg in PACKAGES:
         logging.getLogger(pkg).setLevel(log_level)
-    suite = load_suite(suite_path, overrides=edits)
-    runs = plan_suite(suite, results_dir, tasks_filter, shard)
-    summary = RunSummary(suite=suite.name, planned=len(runs))
-    lock = _lock(results_dir, suite, shard)
-    with lock.acquire(timeout=0):
-        _execute(suite, runs, summary, work_dir, overrides, device, stop_on_error, progress=False)
-    return summary
 
 
-def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary, results_dir: Path, work_dir: Path,
-                      overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool,
-                      tasks_filter: list[str] | None, jobs: int) -> None:
-    """Shards in `jobs` processes; shared inputs (worlds) are built first so no two workers race for them.
+_WORKER_DATA: dict[tuple, _DataDirs] = {}
 
-    Every artefact a worker builds (LM, feature caches, captioners) is keyed and file-locked, so two
-    workers that need the same one build it once. Ctrl-C reaches every worker, which stops after its
-    current run; the overall progress bar counts finished result files.
+
+def _run_in_worker(run: PlannedRun, suite: Suite, work_dir: Path, overrides: dict[str, Path], device: str) -> str:
+    """One run in a worker process (which keeps its loaded LM and METEOR between runs); its status."""
+    memo = (str(work_dir), tuple(sorted(overrides.items())))
+    data = _WORKER_DATA.setdefault(memo, _DataDirs(work_dir, overrides))
+    result = execute_run(run, suite, lambda: data.get(run.entry), work_dir, device, progress=False)
+    faults.checkpoint("run-done")
+    return str(result["status"])
+
+
+def run_artefacts(run: PlannedRun) -> set[str]:
+    """Keys of the shared artefacts `run` may build (benchmark.tasks.ARTEFACTS)."""
+    from benchmark.tasks import shared_artefacts
+
+    return shared_artefacts(run.entry.task, run.entry.dataset.display, run.method, run.backbone, run.seeds.train,
+                            run.config["params"])
+
+
+def next_run(pending: list[PlannedRun], keys: dict[str, set[str]], held: set[str], built: set[str]
+             ) -> PlannedRun | None:
+    """The run to start now, or None (wait for one to finish).
+
+    Never one that needs an artefact another worker is building (it would wait on that lock); among
+    the rest, first the one that builds the artefact most pending runs need (the LM before anything
+    else), then plan order. Which worker does what changes no number: every artefact is keyed.
+    """
+    demand = Counter(k for r in pending for k in keys[r.run_id] - built)
+    best, best_score = None, -1
+    for r in pending:
+        todo = keys[r.run_id] - built
+        if todo & held:
+            continue
+        score = max((demand[k] for k in todo), default=0)
+        if score > best_score:
+            best, best_score = r, score
+    return best
+
+
+def _execute_parallel(suite: Suite, runs: list[PlannedRun], summary: RunSummary, work_dir: Path,
+                      overrides: dict[str, Path], device: str, stop_on_error: bool, progress: bool, jobs: int) -> None:
+    """Runs in `jobs` worker processes, handed out one at a time by `next_run`.
+
+    Shared inputs (worlds) are built first; every artefact a worker builds (LM, feature caches,
+    captioners) is keyed and file-locked, so the scheduling only avoids idle waits. The first Ctrl-C
+    stops handing out runs and lets the running ones finish.
     """
     import concurrent.futures as cf
     import multiprocessing
 
-    if suite.path is None:
-        raise UserError(f"suite {suite.name!r} has no file; --jobs needs a suite loaded from YAML")
     data = _DataDirs(work_dir, overrides, progress)
-    for entry in {r.entry.name: r.entry for r in runs if not r.done}.values():
+    pending = [r for r in runs if not r.done]
+    for entry in {r.entry.name: r.entry for r in pending}.values():
         try:
             data.get(entry)
         except Exception as e:  # noqa: BLE001 - the workers record it against each run
             log.error("dataset %s could not be built: %s", entry.dataset.display, e)
+    keys = {r.run_id: run_artefacts(r) for r in pending}
+    held: dict[str, set[str]] = {}  # run id in flight -> its keys
+    built: set[str] = set()
     threads = max(1, cpu_cores() // jobs)
-    todo = {r.run_id: r for r in runs if not r.done}
+    level = logging.getLogger(PACKAGES[0]).getEffectiveLevel()
     ctx = multiprocessing.get_context("spawn")
-    with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool, \
-            tqdm(total=len(todo), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
-        futures = [pool.submit(_worker, str(suite.path), list(suite.overrides), results_dir, work_dir, overrides,
-                               device, stop_on_error, tasks_filter, (i, jobs), threads, os.getpid(),
-                               logging.getLogger(PACKAGES[0]).getEffectiveLevel())
-                   for i in range(jobs)]
-        pending = set(futures)
-        while pending:
-            _, pending = cf.wait(pending, timeout=2.0)
-            finished = sum(is_complete(r.run_dir, r.config_hash) for r in todo.values())
-            bar.update(finished - bar.n)
-        for f in futures:
-            try:
-                part = f.result()
-            except cf.process.BrokenProcessPool:  # a worker was killed: its finished runs are kept
-                log.error("a worker process died (killed or out of memory) before its shard finished")
-                summary.interrupted = True
-                summary.not_run = [r.run_id for r in todo.values() if not is_complete(r.run_dir, r.config_hash)
-                                   and r.run_id not in summary.failed]
-                return
-            summary.ok += part.ok
-            summary.failed += part.failed
-            summary.not_run += part.not_run
-            summary.interrupted |= part.interrupted or stop.requested
-            summary.stopped_on_error |= part.stopped_on_error
+    with _StopFlag() as stop, cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                                      initargs=(threads, os.getpid(), level)) as pool, \
+            tqdm(total=len(pending), desc=f"suite {suite.name} ({jobs} workers)", unit="run", disable=not progress) as bar:
+        futures: dict[cf.Future, PlannedRun] = {}
+        halt = False
+        while pending or futures:
+            while not (halt or stop.requested) and pending and len(futures) < jobs:
+                run = next_run(pending, keys, set().union(*held.values()) - built, built)
+                if run is None:
+                    break
+                pending.remove(run)
+                held[run.run_id] = keys[run.run_id]
+                futures[pool.submit(_run_in_worker, run, suite, work_dir, overrides, device)] = run
+            if not futures:
+                break
+            done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                run = futures.pop(f)
+                built |= held.pop(run.run_id)
+                try:
+                    status = f.result()
+                except cf.process.BrokenProcessPool:  # a worker was killed: finished runs are kept
+                    log.error("a worker process died (killed or out of memory) before its run finished")
+                    summary.interrupted = True
+                    summary.not_run = [r.run_id for r in [run, *futures.values(), *pending]]
+                    return
+                (summary.ok if status == "ok" else summary.failed).append(run.run_id)
+                bar.set_postfix_str(run.run_id, refresh=False)
+                bar.update(1)
+                halt |= status != "ok" and stop_on_error
+        summary.not_run = [r.run_id for r in pending]
+        summary.stopped_on_error = halt and bool(pending)
+        summary.interrupted = stop.requested and bool(pending)

@@ -121,6 +121,10 @@ def load_split(data_dir: str | Path, split: str, check_images: bool = False) -> 
         raise UserError(f"split {split!r} not found: {path} does not exist (splits here: {', '.join(have) or 'none'})")
     cs = load_karpathy(path, None, data_dir / "images")
     cs.name = split
+    if (data_dir / "images" / split / "deferred.json").is_file():  # a quickstart split rendered on first use
+        from maccap.world.generate import render_deferred
+
+        render_deferred(data_dir, split)
     if check_images:
         for r in cs.records:
             load_image(r.path)
@@ -199,6 +203,7 @@ def split_hash(data_dir: str | Path, split: str) -> str:
     data_dir = Path(data_dir)
     manifest = read_json(data_dir / "manifest.json", "manifest")
     files = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    files = {**files, **_split_manifest(data_dir, split)}
     cap = f"captions_{split}.json"
     part = {cap: files.get(cap) or sha256_file(data_dir / cap)}
     for r in load_split(data_dir, split):
@@ -207,12 +212,26 @@ def split_hash(data_dir: str | Path, split: str) -> str:
     return sha256_bytes(dumps_json(part).encode())
 
 
+def _split_manifest(data_dir: Path, split: str) -> dict[str, str]:
+    """Checksums of a deferred split's images, written when they were rendered (empty otherwise)."""
+    path = data_dir / "images" / split / "manifest.json"
+    if not path.is_file():
+        return {}
+    files = read_json(path, "split image manifest").get("files")
+    if not isinstance(files, dict):
+        raise UserError(f"{path}: field 'files' must map relative paths to sha256")
+    return files
+
+
 def verify_manifest(data_dir: str | Path) -> list[str]:
+    """Files that are missing or differ from the manifests (the dataset's, and rendered deferred splits')."""
     data_dir = Path(data_dir)
     manifest = read_json(data_dir / "manifest.json", "manifest")
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
         return [f"{data_dir / 'manifest.json'}: field 'files' must map relative paths to sha256"]
+    for split in manifest.get("deferred_images") or []:
+        files = {**files, **_split_manifest(data_dir, str(split))}
     problems = []
     for rel, digest in files.items():
         p = data_dir / rel

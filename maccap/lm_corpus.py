@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from maccap.errors import UserError
-from maccap.io import read_json
+from maccap.io import atomic_write_json, hash_config, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ QA_TEXT = "Question: {question} Short answer: {answer}"
 CONTEXT_QA_TEXT = "{context} Question: {question} Short answer: {answer}"
 IMAGE_SPLITS = ("clip", "val", "test")
 STREAM = 0x51A0  # mixed into the seed: a random stream no world split draws from
+CORPUS_VERSION = 1  # bump when the QA text generation changes: cached corpora are keyed by it
 MAX_ATTEMPTS_PER_TEXT = 50
 
 # (scene, rng, n) -> up to n questions as dicts {"question": str, "answer"|"multiple_choice_answer"|"answers": ...}
@@ -148,8 +149,8 @@ def qa_texts(n_qa: int, seed: int, config: Any, taken: set[tuple], questions_fn:
 
 def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context_fraction: float = 0.5,
                           questions_per_scene: int = 2, max_tokens: int | None = 23,
-                          questions_fn: QuestionFn | None = None, captions_fn: CaptionFn | None = None
-                          ) -> tuple[list[str], list[str | None]]:
+                          questions_fn: QuestionFn | None = None, captions_fn: CaptionFn | None = None,
+                          cache_dir: str | Path | None = None) -> tuple[list[str], list[str | None]]:
     """The quickstart LM's pre-training text: corpus_train.json captions, then n_qa QA texts.
 
     Returns (texts, contexts): contexts[i] is the text whose words may precede texts[i] as an
@@ -157,6 +158,8 @@ def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context
     Same (world, seed, n_qa, options) -> the same lists. `max_tokens` should be the LM's
     max_len - 2 (BOS and EOS). The generators default to the world's public ones
     (`maccap.world.scene_questions` / `scene_captions`); pass others for another world.
+    With `cache_dir` (and the default generators) the QA texts are kept there, keyed by the world's
+    files and the options: drawing them takes ~30 s, and every process that loads the LM needs them.
     """
     from maccap.train import load_corpus_texts
 
@@ -167,8 +170,35 @@ def lm_pretraining_corpus(data_dir: str | Path, seed: int, n_qa: int, *, context
     contexts: list[str | None] = [None] * len(captions)
     if n_qa == 0:
         return captions, contexts
-    pairs = qa_texts(n_qa, seed, world_config(data_dir), image_scene_signatures(data_dir),
-                     questions_fn or world_questions, captions_fn or world_captions, context_fraction,
-                     questions_per_scene, max_tokens)
+    options = {"seed": seed, "n_qa": n_qa, "context_fraction": context_fraction,
+               "questions_per_scene": questions_per_scene, "max_tokens": max_tokens}
+
+    def draw() -> list[tuple[str, str]]:
+        return qa_texts(n_qa, seed, world_config(data_dir), image_scene_signatures(data_dir),
+                        questions_fn or world_questions, captions_fn or world_captions, context_fraction,
+                        questions_per_scene, max_tokens)
+
+    cacheable = cache_dir is not None and questions_fn is None and captions_fn is None
+    pairs = _cached_qa(Path(cache_dir), data_dir, options, draw) if cacheable else draw()
     log.info("LM pre-training corpus: %d captions + %d QA texts", len(captions), len(pairs))
     return captions + [t for t, _ in pairs], contexts + [c for _, c in pairs]
+
+
+def _cached_qa(cache_dir: Path, data_dir: Path, options: dict[str, Any],
+               draw: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """The QA pairs from cache_dir when drawn before from the same world files and options."""
+    inputs = {name: sha256_file(data_dir / name) for name in
+              ["corpus_train.json", *(f"captions_{s}.json" for s in IMAGE_SPLITS)] if (data_dir / name).is_file()}
+    path = cache_dir / f"qa-texts-{hash_config({'inputs': inputs, 'options': options, 'v': CORPUS_VERSION})}.json"
+    if path.is_file():
+        try:
+            cached = read_json(path, "cached QA texts")
+            if isinstance(cached, list) and len(cached) == options["n_qa"]:
+                return [(str(t), str(c)) for t, c in cached]
+        except (UserError, TypeError, ValueError):
+            pass
+        log.warning("cached QA texts %s are unreadable; drawing them again", path)
+    pairs = draw()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, [list(p) for p in pairs])
+    return pairs

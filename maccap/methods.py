@@ -35,6 +35,7 @@ class MethodConfig:
     mask_pad_labels: bool = False  # reference quirk: pad tokens are not masked out of the labels
     image_free: bool = False  # the no-image baseline: memory is all zeros in training and at test
     train_source: str = "text"  # "text": caption features (+ noise); "synthetic": SynTIC (maccap.syntic)
+    finetune_lm: bool = False  # also train the LM on the captions (CapDec's GPT-2, DeCap's own decoder)
     # --- SynTIC (train_source="synthetic"; meaning and defaults: maccap.syntic.SynticConfig) ---
     syntic_renderer: str = "world"  # world | diffusers (maccap.renderers)
     syntic_renderer_model: str | None = None  # diffusers: hub id or local directory
@@ -95,6 +96,8 @@ class MethodConfig:
         keys = ("prefix", "train_memory_tokens", "train_noise", "train_noise_variance", "noise_model",
                 "noise_model_mean", "mask_pad_labels", "image_free")
         out = {k: getattr(self, k) for k in keys}
+        if self.finetune_lm:  # only then, so the frozen-LM methods' cache keys stay as they were
+            out["finetune_lm"] = True
         if self.train_source != "text":  # only then, so the other methods' cache keys stay as they were
             out["train_source"] = self.train_source
             out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name.startswith("syntic_")})
@@ -112,13 +115,15 @@ def _add(cfg: MethodConfig) -> None:
 
 
 _add(MethodConfig("maccap", "MacCap: 10-token noisy memory; subregion memories at test; 4 candidates reranked by CLIP"))
-_add(MethodConfig("capdec", "CapDec: one prefix token from an MLP; noisy text features in training, clean image "
-                  "feature at test", prefix="mlp", train_memory_tokens=1, test_memory="cls", test_noise_variance=0.0,
-                  n_candidates=1, rerank=False))
-_add(MethodConfig("decap", "DeCap: trained on clean text features; at test the image feature is projected onto "
-                  "the training captions' text features (softmax(sim/0.01))", prefix="mlp", train_memory_tokens=1,
-                  train_noise_variance=0.0, test_memory="decap-projection", test_noise_variance=0.0,
-                  n_candidates=1, rerank=False))
+# The baselines adapt their decoder to captions, as their papers do (CapDec fine-tunes GPT-2 with the
+# prefix MLP; DeCap trains its decoder): a one-token prefix cannot keep a frozen LM out of its other genres.
+_add(MethodConfig("capdec", "CapDec: one prefix token from an MLP, LM fine-tuned with it; noisy text features in "
+                  "training, clean image feature at test", prefix="mlp", train_memory_tokens=1, finetune_lm=True,
+                  test_memory="cls", test_noise_variance=0.0, n_candidates=1, rerank=False))
+_add(MethodConfig("decap", "DeCap: decoder (LM + one-token prefix MLP) trained on clean text features; at test the "
+                  "image feature is projected onto the training captions' text features (softmax(sim/0.01))",
+                  prefix="mlp", train_memory_tokens=1, finetune_lm=True, train_noise_variance=0.0,
+                  test_memory="decap-projection", test_noise_variance=0.0, n_candidates=1, rerank=False))
 _add(MethodConfig("maccap-no-noise", "MacCap ablation: no noise in training or at test (one candidate)",
                   train_noise_variance=0.0, test_noise_variance=0.0, n_candidates=1, rerank=False))
 _add(MethodConfig("maccap-no-subregion", "MacCap ablation: CLS feature only at test (no subregions)",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm import tqdm
 
@@ -183,12 +183,47 @@ def _latest(ckpt_dir: Path) -> int | None:
     return epoch
 
 
-def save_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer,
+def weight_files(captioner: Captioner) -> dict[str, nn.Module]:
+    """File name -> the trained module it holds: the bridge, and the LM when the method fine-tunes it."""
+    files: dict[str, nn.Module] = {"bridge.safetensors": captioner.bridge}
+    if captioner.method.finetune_lm:
+        files["lm.safetensors"] = captioner.lm
+    return files
+
+
+def save_weights(files: dict[str, nn.Module], directory: Path) -> dict[str, str]:
+    """Write each module's weights atomically (tied LM weights stored once); returns name -> sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, module in files.items():
+        with atomic_path(directory / name) as tmp:
+            if name == "bridge.safetensors":
+                save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
+            else:
+                save_model(module, str(tmp))
+    return {name: sha256_file(directory / name) for name in files}
+
+
+def load_weights(files: dict[str, nn.Module], directory: Path) -> None:
+    """Load what `save_weights` wrote; a file that does not fit its module is a UserError naming it."""
+    for name, module in files.items():
+        path = directory / name
+        try:
+            if name == "bridge.safetensors":
+                module.load_state_dict(load_file(str(path)))
+            else:
+                missing, unexpected = load_model(module, str(path))
+                if missing or unexpected:
+                    raise ValueError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        except (OSError, RuntimeError, ValueError) as e:
+            msg = str(e).replace("\n", " ")[:300]
+            raise UserError(f"captioner weights {path} do not fit this method/LM/aligner ({type(e).__name__}: {msg}); "
+                            f"delete {directory} to retrain") from None
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, files: dict[str, nn.Module], opt: torch.optim.Optimizer,
                     sched: Any, gen: torch.Generator, step: int, history: list[dict[str, Any]]) -> None:
     d = ckpt_dir / f"epoch{epoch:03d}"
-    d.mkdir(parents=True, exist_ok=True)
-    with atomic_path(d / "bridge.safetensors") as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in bridge.state_dict().items()}, str(tmp))
+    sums = save_weights(files, d)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(),
              "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step,
              "history": [{k: float(v) for k, v in h.items()} for h in history]}
@@ -196,15 +231,15 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.op
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     with atomic_path(d / "state.pt") as tmp:
         torch.save(state, tmp)
-    sums = {name: sha256_file(d / name) for name in ("bridge.safetensors", "state.pt")}
+    sums["state.pt"] = sha256_file(d / "state.pt")
     atomic_write_json(ckpt_dir / "latest.json", {"epoch": epoch, "step": step, "sha256": sums})
 
 
-def load_checkpoint(ckpt_dir: Path, epoch: int, bridge: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+def load_checkpoint(ckpt_dir: Path, epoch: int, files: dict[str, nn.Module], opt: torch.optim.Optimizer, sched: Any,
                     gen: torch.Generator) -> tuple[int, list[dict[str, Any]]]:
     d = ckpt_dir / f"epoch{epoch:03d}"
+    load_weights(files, d)
     try:
-        bridge.load_state_dict(load_file(str(d / "bridge.safetensors")))
         state = torch.load(d / "state.pt", weights_only=True, map_location="cpu")
     except (OSError, RuntimeError) as e:
         raise UserError(f"checkpoint {d} is unreadable ({e}); delete {ckpt_dir} to train from scratch") from None
@@ -236,28 +271,32 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
         raise UserError("the training corpus is empty")
     method, lm, bridge = captioner.method, captioner.lm, captioner.bridge
     device = captioner.device
+    if method.finetune_lm and dist is not None:
+        raise UserError(f"method {method.name!r} fine-tunes the LM, which data-parallel training (torchrun) does "
+                        "not support yet; train it in one process")
+    files = weight_files(captioner)
+    params = [p for m in files.values() for p in m.parameters() if p.requires_grad]
     ids, lengths = encode_captions(captioner.tokenizer, captions, config.max_tokens)
     n = len(ids)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    opt = torch.optim.AdamW([p for p in bridge.parameters() if p.requires_grad], lr=config.lr,
-                            weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, config))
     gen = torch.Generator().manual_seed(train_seed)
     step, history, start = 0, [], 0
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
     if ckpt is not None and (last := _latest(ckpt)) is not None:
-        step, history = load_checkpoint(ckpt, last, bridge, opt, sched, gen)
+        step, history = load_checkpoint(ckpt, last, files, opt, sched, gen)
         start = last + 1
         log.info("resuming %s from epoch %d (step %d)", method.name, last, step)
     use_amp = config.amp and device.type == "cuda"
     model = dist.wrap(bridge) if dist is not None else bridge
     main = dist is None or dist.is_main
     progress = progress and main
-    lm.eval()
     t0 = time.perf_counter()
     seen = 0
     for epoch in range(start, config.epochs):
         bridge.train()
+        lm.train(method.finetune_lm)  # a frozen LM stays in eval mode (no dropout)
         perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"train {method.name} epoch {epoch + 1}/{config.epochs}",
@@ -282,7 +321,7 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
                                 f"batch {b + 1}); lower the learning rate (lr={config.lr}) or check the features")
             opt.zero_grad(set_to_none=True)
             (loss if dist is None else backprop).backward()
-            nn.utils.clip_grad_norm_(bridge.parameters(), config.grad_clip)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
             step += 1
@@ -295,14 +334,16 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
         log.info("%s epoch %d/%d: mean loss %.4f", method.name, epoch + 1, config.epochs, total / count)
         if val_fn is not None and main:
             bridge.eval()
+            lm.eval()
             for cap in val_fn(epoch):
                 log.info("  val: %s", cap)
         if ckpt is not None and main:
-            save_checkpoint(ckpt, epoch, bridge, opt, sched, gen, step, history)
+            save_checkpoint(ckpt, epoch, files, opt, sched, gen, step, history)
             faults.checkpoint("captioner-epoch")
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     bridge.eval()
+    lm.eval()
     elapsed = time.perf_counter() - t0
     return {"history": history, "steps": step, "seconds": elapsed,
             "captions_per_s": seen / elapsed if elapsed > 0 and seen else None}
@@ -366,6 +407,7 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
     shared caches first, all ranks train, rank 0 writes the weights.
     """
     import contextlib
+    import copy
 
     from filelock import FileLock
 
@@ -386,13 +428,16 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             from maccap.lm_corpus import lm_pretraining_corpus
 
             lm_texts, lm_contexts = lm_pretraining_corpus(corpus_dir, lm_config.seed, lm_config.qa_texts,
-                                                          max_tokens=lm_config.max_len - 2)
+                                                          max_tokens=lm_config.max_len - 2,
+                                                          cache_dir=work_dir / "lm")
         # rank 0 builds first (the quickstart LM's own file lock serialises sweep workers)
         with dist.main_first() if dist else contextlib.nullcontext():
             _LM_MEMO[memo] = load_lm(lm_spec, device, corpus=lm_texts, contexts=lm_contexts,
                                      cache_dir=work_dir / "lm", config=lm_config, progress=progress)
     lm, tok = _LM_MEMO[memo]
     ident = lm_identity(lm_spec, lm)
+    if method.finetune_lm:  # its own trainable copy; the shared frozen LM stays untouched
+        lm = copy.deepcopy(lm).requires_grad_(True)
     if noise is None:
         noise = NoiseModel.isotropic(method.train_noise_variance)
     # A blind captioner never sees a feature: backbones of one width share it.
@@ -414,7 +459,7 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
         done = meta is not None if dist is None else dist.broadcast(meta is not None)
         if done:
             meta = meta or _finished_captioner(out)
-            _load_bridge(captioner, out / "bridge.safetensors")
+            load_weights(weight_files(captioner), out)
         else:
             text_feats = features.text_features(backbone, corpus, feat_cache, progress=progress)
             if method.test_memory == "decap-projection":
@@ -427,10 +472,8 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
                       if main else None)  # logging only: rank 0
             info = fit(captioner, train_feats, corpus, config, train_seed, noise, out / "ckpt", progress, val_fn,
                        dist=dist)
+            sums = save_weights(weight_files(captioner), out) if main else {}
             if main:
-                with atomic_path(out / "bridge.safetensors") as tmp:
-                    save_file({k: v.detach().contiguous().cpu() for k, v in captioner.bridge.state_dict().items()},
-                              str(tmp))
                 faults.checkpoint("captioner-saved")
             meta = {"key": key, "method": method.train_fields(), "backbone": feature_source, "lm": ident,
                     "corpus_hash": corpus_hash(corpus), "n_captions": len(corpus), "train_seed": train_seed,
@@ -441,11 +484,12 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
             if dist is not None:
                 meta["distributed"] = {"world_size": dist.world_size, "backend": dist.backend}
             if main:
-                meta["bridge_sha256"] = sha256_file(out / "bridge.safetensors")
+                meta.update({f"{name.split('.')[0]}_sha256": digest for name, digest in sums.items()})
                 atomic_write_json(out / "meta.json", meta)
     if dist is not None:
         dist.barrier()  # the weights are on disk before any rank moves on
     captioner.bridge.eval()
+    captioner.lm.eval().requires_grad_(False)
     captioner.info = {**meta, "dir": str(out)}
     if method.test_memory == "decap-projection":
         if text_feats is None:
@@ -455,31 +499,23 @@ def train_or_load(method: MethodConfig, backbone: Any, lm_spec: str, data_dir: s
 
 
 def _finished_captioner(out: Path) -> dict[str, Any] | None:
-    """meta.json of a finished captioner whose weights match its recorded checksum, else None (retrain)."""
-    weights, meta_path = out / "bridge.safetensors", out / "meta.json"
-    if not (meta_path.is_file() and weights.is_file()):
+    """meta.json of a finished captioner whose weight files match their recorded checksums, else None (retrain)."""
+    meta_path = out / "meta.json"
+    if not (meta_path.is_file() and (out / "bridge.safetensors").is_file()):
         return None
     try:
         meta = read_json(meta_path, "captioner metadata")
     except UserError as e:
         log.warning("%s; retraining", e)
         return None
-    digest = meta.get("bridge_sha256") if isinstance(meta, dict) else None
-    if digest is not None and digest != sha256_file(weights):
-        log.warning("captioner weights %s do not match the checksum in %s; retraining", weights, meta_path)
+    if not isinstance(meta, dict):
         return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _load_bridge(captioner: Captioner, path: Path) -> None:
-    """Load trained bridge weights; a file of another method, size or LM is a UserError naming it."""
-    try:
-        state = load_file(str(path))
-        captioner.bridge.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as e:
-        msg = str(e).replace("\n", " ")[:300]
-        raise UserError(f"captioner weights {path} do not fit this method/LM/aligner ({type(e).__name__}: {msg}); "
-                        f"delete {path.parent} to retrain") from None
+    for name in ("bridge", "lm"):
+        digest, weights = meta.get(f"{name}_sha256"), out / f"{name}.safetensors"
+        if digest is not None and (not weights.is_file() or digest != sha256_file(weights)):
+            log.warning("captioner weights %s do not match the checksum in %s; retraining", weights, meta_path)
+            return None
+    return meta
 
 
 def _val_captions(captioner: Captioner, backbone: Any, data_dir: str | Path, cache: Path, n: int,

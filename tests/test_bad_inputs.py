@@ -39,10 +39,12 @@ TINY_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_iters": 1, "max
 
 @pytest.fixture(scope="module")
 def world_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from maccap.data import load_split
     from maccap.world import WorldConfig, ensure_world
 
     out = tmp_path_factory.mktemp("world") / "tiny"
     ensure_world(out, 0, WorldConfig.preset("tiny"), progress=False)
+    load_split(out, "clip")  # renders the deferred clip images, which some tests corrupt
     return out
 
 

@@ -258,3 +258,32 @@ def test_tiny_suite_runs_end_to_end_with_real_tasks(tmp_path: Path) -> None:
     assert s.report is not None and (tmp_path / "p" / "tiny" / "tables" / "tiny-captioning.md").exists()
     again = run_suite(load_suite("tiny"), tmp_path / "r", tmp_path / "p", tmp_path / "w", progress=False, report=False)
     assert len(again.skipped) == again.planned
+
+
+def test_scheduler_starts_the_shared_artefact_first_and_never_beside_its_builder() -> None:
+    """next_run: the LM builder goes first; runs needing an artefact being built wait; then plan order."""
+    from types import SimpleNamespace
+
+    from benchmark.runner import next_run
+
+    runs = [SimpleNamespace(run_id=i) for i in ("gap", "cap-a", "cap-b", "vqa-a")]
+    keys = {"gap": set(), "cap-a": {"lm", "cap-a"}, "cap-b": {"lm", "cap-b"}, "vqa-a": {"lm", "cap-a"}}
+    assert next_run(runs, keys, held=set(), built=set()).run_id == "cap-a"  # builds what 3 runs need
+    rest = [r for r in runs if r.run_id != "cap-a"]
+    assert next_run(rest, keys, held={"lm", "cap-a"}, built=set()).run_id == "gap"  # the others would wait
+    assert next_run([r for r in rest if r.run_id != "gap"], keys, held={"lm", "cap-a"}, built=set()) is None
+    after = [r for r in rest if r.run_id != "gap"]
+    assert next_run(after, keys, held=set(), built={"lm", "cap-a"}).run_id == "cap-b"
+
+
+def test_caption_and_vqa_runs_declare_the_same_captioner() -> None:
+    from benchmark.tasks import shared_artefacts
+
+    params = {"lm": "quickstart", "lm_config": {"steps": 5}, "train": {"epochs": 1}, "method_options": {}}
+    cap = shared_artefacts("caption", "quickstart", "maccap", "qs-rn", 0, {**params, "split": "test"})
+    vqa = shared_artefacts("vqa", "quickstart", "maccap", "qs-rn", 0, {**params, "mode": "prefix"})
+    assert cap == vqa and len(cap) == 2
+    assert len(cap & shared_artefacts("caption", "quickstart", "maccap", "qs-rn", 1, params)) == 1  # the LM only
+    blind = [shared_artefacts("caption", "quickstart", "no-image", b, 0, params) for b in ("qs-rn", "qs-vit")]
+    assert blind[0] == blind[1]  # one blind captioner for every backbone
+    assert shared_artefacts("gap", "quickstart", "default", "qs-rn", 0, {}) == set()

@@ -396,6 +396,26 @@ def test_lm_corpus_with_the_world_generators(task_setup):
     assert with_caption and all(len(words(t)) <= 23 for t in with_caption)
 
 
+def test_lm_corpus_cache_returns_the_drawn_texts_without_drawing_again(task_setup, tmp_path, monkeypatch):
+    from maccap import lm_corpus
+
+    world = task_setup[1]
+    fresh = lm_corpus.lm_pretraining_corpus(world, seed=5, n_qa=40)
+    assert lm_corpus.lm_pretraining_corpus(world, seed=5, n_qa=40, cache_dir=tmp_path) == fresh
+    assert len(list(tmp_path.glob("qa-texts-*.json"))) == 1
+
+    def no_drawing(*a, **k):
+        raise AssertionError("the cached QA texts should have been read")
+
+    monkeypatch.setattr(lm_corpus, "qa_texts", no_drawing)
+    assert lm_corpus.lm_pretraining_corpus(world, seed=5, n_qa=40, cache_dir=tmp_path) == fresh
+    with pytest.raises(AssertionError):  # other options are another cache entry
+        lm_corpus.lm_pretraining_corpus(world, seed=6, n_qa=40, cache_dir=tmp_path)
+    next(tmp_path.glob("qa-texts-*.json")).write_text("{not json")
+    monkeypatch.undo()
+    assert lm_corpus.lm_pretraining_corpus(world, seed=5, n_qa=40, cache_dir=tmp_path) == fresh  # redrawn
+
+
 def test_lm_corpus_is_deterministic_disjoint_and_in_prompt_format(toy_world):
     from maccap.lm import words
     from maccap.lm_corpus import image_scene_signatures, lm_pretraining_corpus

@@ -41,6 +41,26 @@ def test_same_seed_same_bytes(tiny_world, tmp_path):
     assert json.loads((other / "manifest.json").read_text())["hash"] != m1["hash"]
 
 
+def test_deferred_clip_images_are_rendered_on_first_use_with_the_eager_bytes(tmp_path):
+    from maccap.data import load_split, split_hash, verify_manifest
+
+    cfg = WorldConfig.preset("tiny")
+    lazy, eager = tmp_path / "lazy", tmp_path / "eager"
+    generate_world(lazy, seed=5, config=cfg, progress=False, workers=1)
+    generate_world(eager, seed=5, config=cfg, progress=False, workers=1, defer=())
+    assert not list((lazy / "images" / "clip").glob("*.png"))
+    for rel in ("captions_clip.json", "captions_test.json", "vqa/annotations_val.json", "corpus_train.json"):
+        assert (lazy / rel).read_bytes() == (eager / rel).read_bytes()
+    assert verify_manifest(lazy) == []
+    records = load_split(lazy, "clip").records  # first use: rendered now (two processes)
+    assert len(records) == cfg.n_clip and all(r.path.is_file() for r in records)
+    assert all(r.path.read_bytes() == (eager / r.path.relative_to(lazy)).read_bytes() for r in records)
+    assert not (lazy / "images" / "clip" / "deferred.json").exists()
+    assert verify_manifest(lazy) == [] and split_hash(lazy, "clip") == split_hash(eager, "clip")
+    records[3].path.write_bytes(b"not a png")  # the rendered split is checked like the rest
+    assert any("checksum mismatch" in p for p in verify_manifest(lazy))
+
+
 def test_layout_and_sizes(tiny_world):
     cfg = WorldConfig.preset("tiny")
     for split, n in (("clip", cfg.n_clip), ("val", cfg.n_val), ("test", cfg.n_test)):
@@ -49,7 +69,7 @@ def test_layout_and_sizes(tiny_world):
         e = entries[0]
         assert set(e) >= {"split", "image_name", "file_path", "captions", "image_id", "scene", "caption_objects"}
         assert len(e["captions"]) == cfg.captions_per_image
-        assert (tiny_world / "images" / e["file_path"] / e["image_name"]).exists()
+        assert (tiny_world / "images" / e["file_path"] / e["image_name"]).exists() == (split != "clip")
     corpus = json.loads((tiny_world / "corpus_train.json").read_text())
     assert len(corpus) == cfg.n_corpus * cfg.captions_per_image and all(isinstance(c, str) for c in corpus)
     qs = json.loads((tiny_world / "vqa/questions_test.json").read_text())["questions"]

@@ -28,6 +28,12 @@ class RunContext:
 TaskFn = Callable[[RunContext], TaskOutput]
 TASKS: Registry[TaskFn] = Registry("task")
 
+# (dataset, method, backbone, train seed, params) -> keys of the cached artefacts a run may build and other
+# runs reuse (an LM, a captioner). Only scheduling reads them: runs sharing a key that is being built
+# are not started beside it, where they would wait on its file lock (benchmark.runner).
+ArtefactFn = Callable[[str, str, str, int, dict[str, Any]], set[str]]
+ARTEFACTS: Registry[ArtefactFn] = Registry("artefact declaration")
+
 # Each module registers its tasks on import; a missing optional module is not an error here.
 _TASK_MODULES = ("clip", "gap", "caption", "vqa", "dummy")
 
@@ -40,3 +46,10 @@ def load_tasks() -> Registry[TaskFn]:
             if e.name != f"benchmark.tasks.{name}":
                 raise
     return TASKS
+
+
+def shared_artefacts(task: str, dataset: str, method: str, backbone: str, train_seed: int,
+                     params: dict[str, Any]) -> set[str]:
+    """The task's declared artefact keys for one run (none when the task declares none)."""
+    load_tasks()
+    return ARTEFACTS.get(task)(dataset, method, backbone, train_seed, params) if task in ARTEFACTS else set()

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from benchmark.store import TaskOutput
-from benchmark.tasks import TASKS, RunContext
+from benchmark.tasks import ARTEFACTS, TASKS, RunContext
 from maccap.errors import UserError
-from maccap.io import atomic_write_json, read_json, sha256_file
+from maccap.io import atomic_write_json, hash_config, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,21 @@ def build_captioner(ctx: RunContext, method_name: str | None = None) -> tuple[An
                               train_cfg, lm_cfg, noise, digest, ctx.device, ctx.progress,
                               corpus_dir=p.get("train_data_dir"))
     return captioner, backbone
+
+
+@ARTEFACTS.register("caption")
+def captioner_artefacts(dataset: str, method: str, backbone: str, train_seed: int, params: dict[str, Any]) -> set[str]:
+    """The LM and the trained captioner of a run (the VQA task's runs declare the same ones)."""
+    from maccap.methods import get_method
+
+    lm = ["lm", dataset, params.get("lm", "quickstart"), params.get("lm_config"), params.get("train_data_dir")]
+    try:
+        m = get_method(method, params.get("method_options"))
+    except UserError:  # the run itself reports it
+        return {hash_config(lm)}
+    captioner = ["captioner", m.train_fields(), "blind" if m.image_free else backbone, train_seed,
+                 params.get("train"), *(params.get(k) for k in ("noise_model", "noise_kind", "noise_mean")), lm]
+    return {hash_config(lm), hash_config(captioner)}
 
 
 def check_metric_names(names: list[str]) -> None:

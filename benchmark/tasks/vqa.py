@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.store import TaskOutput
-from benchmark.tasks import TASKS, RunContext
+from benchmark.tasks import ARTEFACTS, TASKS, RunContext
 from maccap.errors import UserError
 from maccap.io import read_json, sha256_file
 
@@ -185,3 +185,14 @@ def _method_names() -> tuple[str, ...]:
 
 TASKS.add("vqa", run_vqa)
 run_vqa.methods = _method_names()  # type: ignore[attr-defined]  # suites are checked against these
+
+
+def _vqa_artefacts(dataset: str, method: str, backbone: str, train_seed: int, params: dict[str, Any]) -> set[str]:
+    """The captioner (and its LM) whose prefix and LM answer: the caption task's."""
+    from benchmark.tasks.caption import captioner_artefacts
+
+    return captioner_artefacts(dataset, method, backbone, train_seed,
+                               {k: v for k, v in params.items() if k in CAPTIONER_PARAMS})
+
+
+ARTEFACTS.add("vqa", _vqa_artefacts)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from maccap.world.scene import encode_png, render_scene, sample_scene
 
 log = logging.getLogger(__name__)
 VQA_SPLITS = ("val", "test")
+DEFERRED_SPLITS = ("clip",)
 
 
 def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -49,22 +50,30 @@ def _write(root: Path, rel: str, data: bytes, files: dict[str, str]) -> None:
     files[rel] = sha256_bytes(data)
 
 
-def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int
-                ) -> tuple[str, str, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Image i of a split, written to disk: (file, sha256, caption entry, questions, annotations).
-
-    Everything comes from the item's own random stream, so items can be made in any order or process.
-    """
+def _entry(split: str, seed: int, config: WorldConfig, i: int) -> tuple[np.random.Generator, list, dict[str, Any]]:
+    """The scene and caption entry of image i of a split, with its random stream positioned for rendering."""
     rng = item_rng(seed, split, i)
     scene = sample_scene(rng, config)
     caps, objs = scene_captions(scene, rng, config.captions_per_image)
+    entry = {"split": split, "image_name": image_name(split, i), "file_path": split,
+             "image_id": ID_OFFSETS[split] + i, "captions": caps, "caption_objects": objs, "scene": scene}
+    return rng, scene, entry
+
+
+def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int, render: bool = True
+                ) -> tuple[str, str | None, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Image i of a split: (file, sha256 or None when not rendered, caption entry, questions, annotations).
+
+    Everything comes from the item's own random stream, so items can be made in any order or process,
+    and an image rendered later (a deferred split) has the bytes it would have had at once.
+    """
+    rng, scene, entry = _entry(split, seed, config, i)
+    rel, files = f"images/{split}/{entry['image_name']}", {}
+    if not render:
+        return rel, None, entry, [], []
     img = render_scene(scene, config.image_size, rng, supersample=config.supersample)
-    name = image_name(split, i)
-    rel, files = f"images/{split}/{name}", {}
     _write(root, rel, encode_png(img, config.png_compress_level), files)
-    image_id = ID_OFFSETS[split] + i
-    entry = {"split": split, "image_name": name, "file_path": split, "image_id": image_id,
-             "captions": caps, "caption_objects": objs, "scene": scene}
+    image_id = entry["image_id"]
     questions, annotations = [], []
     if split in VQA_SPLITS:
         for k, q in enumerate(scene_questions(scene, rng, config.questions_per_image)):
@@ -79,18 +88,25 @@ def _image_item(root: Path, split: str, seed: int, config: WorldConfig, i: int
 
 
 def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: dict[str, str],
-                 progress: bool, pool: Any = None) -> list[dict[str, Any]]:
+                 progress: bool, pool: Any = None, render: bool = True) -> list[dict[str, Any]]:
+    """Write a split's images (when `render`) and its caption (and VQA) files; returns the entries."""
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    make = functools.partial(_image_item, root, split, seed, config)
+    make = functools.partial(_image_item, root, split, seed, config, render=render)
     n = config.split_size(split)
-    items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool is not None else map(make, range(n))
+    if pool is not None and render:
+        items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8)))
+    else:
+        items = map(make, range(n))
     entries, questions, annotations = [], [], []
     for rel, digest, entry, qs, ans in tqdm(items, total=n, desc=f"world {split}", disable=not progress, leave=False):
         faults.checkpoint("world-file")  # here, in the process that runs the suite, not in a render worker
-        files[rel] = digest
+        if digest is not None:
+            files[rel] = digest
         entries.append(entry)
         questions += qs
         annotations += ans
+    if split in VQA_SPLITS and not render:
+        raise ValueError(f"split {split!r} carries VQA files and cannot be deferred")
     _write(root, f"captions_{split}.json", dumps_json(entries).encode(), files)
     if split in VQA_SPLITS:
         info = {"description": f"quickstart world VQA, split {split}", "data_subtype": split}
@@ -98,6 +114,45 @@ def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: 
         _write(root, f"vqa/annotations_{split}.json",
                dumps_json({"info": info, "annotations": annotations}).encode(), files)
     return entries
+
+
+DEFERRED_MARKER = "deferred.json"  # in images/<split>/: the split's images are rendered on first use
+SPLIT_MANIFEST = "manifest.json"  # in images/<split>/: checksums of a deferred split's rendered images
+
+
+def render_deferred(world_dir: str | Path, split: str, progress: bool = False, workers: int | None = None) -> bool:
+    """Render a deferred split's images now (once, under a file lock); False when there was nothing to do.
+
+    The images get the bytes eager generation would have written; their checksums go to
+    images/<split>/manifest.json, written before the marker is removed, so a killed render is redone.
+    """
+    from filelock import FileLock
+
+    world = Path(world_dir)
+    folder = world / "images" / split
+    marker = folder / DEFERRED_MARKER
+    if not marker.is_file():
+        return False
+    with FileLock(str(world / f".render-{split}.lock")):
+        if not marker.is_file():
+            return False
+        info = read_json(marker, "deferred split marker")
+        config = WorldConfig.from_dict(info["config"])
+        t0 = time.perf_counter()
+        log.info("rendering the %d deferred images of split %s of %s (first use)", config.split_size(split),
+                 split, world)
+        files: dict[str, str] = {}
+        make = functools.partial(_image_item, world, split, int(info["seed"]), config)
+        n = config.split_size(split)
+        with _pool(workers or cpu_cores()) as pool:
+            items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool else map(make, range(n))
+            for rel, digest, *_ in tqdm(items, total=n, desc=f"render {split}", disable=not progress, leave=False):
+                faults.checkpoint("world-file")
+                files[rel] = digest
+        atomic_write_json(folder / SPLIT_MANIFEST, {"split": split, "files": dict(sorted(files.items()))})
+        marker.unlink()
+        log.info("rendered split %s in %.1f s", split, time.perf_counter() - t0)
+    return True
 
 
 def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], progress: bool) -> int:
@@ -132,10 +187,13 @@ def manifest_matches(manifest: Any, seed: int, config: WorldConfig) -> bool:
 
 
 def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | None = None,
-                   progress: bool = True, workers: int | None = None) -> Path:
+                   progress: bool = True, workers: int | None = None, defer: Sequence[str] = DEFERRED_SPLITS) -> Path:
     """Generate the world into out_dir (replacing what is there); return the manifest path.
 
     Images are rendered by `workers` processes (default: one per CPU core); the bytes do not depend on it.
+    The images of the `defer` splits are rendered on first use (`render_deferred`, called by
+    maccap.data.load_split): the clip split's 20,000 images serve only to train CLIP, and the shipped
+    weights make that training unnecessary for the default world.
     """
     config = config or WorldConfig()
     check_seed(seed, "world seed")
@@ -149,11 +207,13 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
     t0 = time.perf_counter()
     files: dict[str, str] = {}
     with _pool(workers or cpu_cores()) as pool:
-        sizes = {split: len(_image_split(tmp, split, seed, config, files, progress, pool))
+        sizes = {split: len(_image_split(tmp, split, seed, config, files, progress, pool, split not in defer))
                  for split in ("clip", "val", "test")}
+    for split in defer:
+        atomic_write_json(tmp / "images" / split / DEFERRED_MARKER, {"seed": seed, "config": config.to_dict()})
     sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress)
     manifest = {"name": WORLD_NAME, "version": WORLD_VERSION, "seed": seed, "config": config.to_dict(),
-                "sizes": sizes, "files": dict(sorted(files.items())),
+                "sizes": sizes, "deferred_images": sorted(defer), "files": dict(sorted(files.items())),
                 "hash": sha256_bytes(dumps_json(dict(sorted(files.items()))).encode())}
     atomic_write_json(tmp / "manifest.json", manifest)
     faults.checkpoint("world-publish")
