@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "[BOS]", "eos": "[EOS]"}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"  # trained quickstart LMs shipped with the package
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,9 @@ def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, con
 
     `contexts[i]` (optional, None entries allowed) is the text whose words may precede corpus[i] as a
     context (see `_lm_batch`). The directory name is keyed by (corpus and contexts hash, config incl.
-    seed and steps), so a changed corpus or budget gives a fresh model and an unchanged one is loaded.
+    seed and steps), so a changed corpus or budget gives a fresh model and an unchanged one is loaded:
+    from the package (maccap/weights, the suites' LM, trained here and shipped to save ~3 CPU minutes)
+    or from cache_dir.
     """
     from filelock import FileLock
 
@@ -283,6 +286,10 @@ def train_quickstart_lm(corpus: Sequence[str], cache_dir: str | os.PathLike, con
     ctx_key = corpus_hash([c or "" for c in contexts]) if has_ctx else None
     key = hash_config({"corpus": corpus_hash(corpus), "config": asdict(config), "v": 3,
                        **({"contexts": ctx_key} if has_ctx else {})})
+    shipped = SHIPPED_DIR / f"quickstart-lm-{key}"
+    if _trained_lm_ok(shipped):  # the suites' LM, trained by this function and shipped (shipped.json)
+        log.info("using the shipped quickstart LM %s (its key matches this corpus and config)", shipped)
+        return shipped
     out = Path(cache_dir) / f"quickstart-lm-{key}"
     if _trained_lm_ok(out):
         return out

@@ -124,6 +124,11 @@ _add(MethodConfig("decap", "DeCap: decoder (LM + one-token prefix MLP) trained o
                   "image feature is projected onto the training captions' text features (softmax(sim/0.01))",
                   prefix="mlp", train_memory_tokens=1, finetune_lm=True, train_noise_variance=0.0,
                   test_memory="decap-projection", test_noise_variance=0.0, n_candidates=1, rerank=False))
+_add(MethodConfig("capdec-frozen-lm", "CapDec ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's",
+                  prefix="mlp", train_memory_tokens=1, test_memory="cls", test_noise_variance=0.0, n_candidates=1,
+                  rerank=False))
+_add(MethodConfig("maccap-finetune-lm", "MacCap ablation: the LM is fine-tuned with the aligner, as CapDec's",
+                  finetune_lm=True))
 _add(MethodConfig("maccap-no-noise", "MacCap ablation: no noise in training or at test (one candidate)",
                   train_noise_variance=0.0, test_noise_variance=0.0, n_candidates=1, rerank=False))
 _add(MethodConfig("maccap-no-subregion", "MacCap ablation: CLS feature only at test (no subregions)",

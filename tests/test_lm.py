@@ -121,3 +121,49 @@ def test_lm_batches_mask_the_context_and_keep_captions():
         own = ids[j, 1: int(lengths[j]) - 1].tolist()
         given = own if j == 1 else ctx_ids[j, 1: int(ctx_len[j]) - 1].tolist()
         assert sorted(row[: len(row) - int(lengths[j])]) == sorted(given)
+
+
+def test_a_shipped_lm_with_the_same_key_is_used_and_a_damaged_one_is_not(tmp_path, monkeypatch):
+    import shutil
+
+    import maccap.lm as L
+
+    cfg = QuickstartLMConfig(n_embd=32, n_layer=1, n_head=2, steps=5, batch_size=8, warmup=1)
+    trained = L.train_quickstart_lm(CORPUS, tmp_path / "train", cfg)
+    ship = tmp_path / "ship"
+    shutil.copytree(trained, ship / trained.name)
+    monkeypatch.setattr(L, "SHIPPED_DIR", ship)
+
+    def no_training(*a, **k):
+        raise AssertionError("the shipped LM should have been used")
+
+    monkeypatch.setattr(L, "_train_quickstart_lm", no_training)
+    assert L.train_quickstart_lm(CORPUS, tmp_path / "cache", cfg) == ship / trained.name
+    with pytest.raises(AssertionError):  # another config is another key: trained, not shipped
+        L.train_quickstart_lm(CORPUS, tmp_path / "cache", QuickstartLMConfig(n_embd=32, n_layer=1, n_head=2, steps=6))
+    (ship / trained.name / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(AssertionError):  # a shipped file failing its checksum is never loaded
+        L.train_quickstart_lm(CORPUS, tmp_path / "cache", cfg)
+
+
+@pytest.mark.slow
+def test_the_shipped_quickstart_lm_is_what_training_gives(tmp_path):
+    """The suites' shipped LM: the default world's corpus maps to its key, and retraining it (one thread,
+    as the suite's worker did) writes the same weights."""
+    import json
+
+    import maccap.lm as L
+    from maccap.io import sha256_file
+    from maccap.lm_corpus import lm_pretraining_corpus
+    from maccap.world import WorldConfig, ensure_world
+
+    world = tmp_path / "world"
+    ensure_world(world, 0, WorldConfig.preset("default"), progress=False)
+    cfg = QuickstartLMConfig(qa_texts=20000, steps=800)
+    texts, contexts = lm_pretraining_corpus(world, cfg.seed, cfg.qa_texts, max_tokens=cfg.max_len - 2)
+    path = L.train_quickstart_lm(texts, tmp_path / "cache", cfg, contexts=contexts)
+    assert path.parent == L.SHIPPED_DIR, "the default world's corpus no longer maps to the shipped LM's key"
+    shipped = json.loads((path / "DONE").read_text())["model.safetensors"]
+    again = tmp_path / "again"
+    L._train_quickstart_lm(texts, contexts, again, cfg, progress=False)
+    assert sha256_file(again / "model.safetensors") == shipped

@@ -187,7 +187,11 @@ def test_caption_task_end_to_end(tmp_path):
         assert len(out.items) == 4 and out.items[0]["image_id"] == 100
         coco = json.loads((ctx.run_dir / "captions_coco.json").read_text())
         assert [c["image_id"] for c in coco] == [100, 101, 102, 103]
-    assert len(list((tmp_path / "work" / "captioners").iterdir())) == 2
+    dirs = list((tmp_path / "work" / "captioners").iterdir())
+    assert len(dirs) == 2
+    tuned = {json.loads((d / "meta.json").read_text())["method"].get("finetune_lm", False): d for d in dirs}
+    assert (tuned[True] / "lm.safetensors").is_file() and not (tuned[False] / "lm.safetensors").exists()
+    assert json.loads((tuned[True] / "meta.json").read_text())["lm_sha256"]  # checked before reuse
     # reusing the cached captioner gives the same captions
     again = run_caption(ctx)
     assert [i["caption"] for i in again.items] == [i["caption"] for i in out.items]
@@ -229,3 +233,21 @@ def test_cli_train_and_eval(tmp_path):
     assert len(list((tmp_path / "work" / "captioners").iterdir())) == 1  # eval reused the trained captioner
     r = CliRunner().invoke(cli, ["train", *common[:-1], "no-such-method"])
     assert r.exit_code != 0 and "unknown method" in str(r.exception)
+
+
+def test_finetune_lm_trains_a_copy_of_the_lm_and_the_frozen_variant_does_not(lm):
+    import copy
+
+    model, tok = lm
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-2, warmup_iters=1, val_images=0,
+                      aligner=AlignerConfig(n_queries=2, n_layers=1, n_heads=2, ffn_dim=16, dropout=0.0))
+    feats = torch.nn.functional.normalize(torch.randn(len(CAPS), 16), dim=-1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, tunes in (("capdec", True), ("capdec-frozen-lm", False)):
+        method = get_method(name)
+        own = copy.deepcopy(model).requires_grad_(True) if tunes else model  # as train_or_load does
+        cap = new_captioner(method, own, tok, 16, cfg, train_seed=0)
+        fit(cap, feats, CAPS, cfg, 0, NoiseModel.isotropic(method.train_noise_variance))
+        changed = any(not torch.equal(v, own.state_dict()[k]) for k, v in before.items())
+        assert changed == tunes, name
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the shared LM untouched

@@ -93,10 +93,7 @@ def _image_split(root: Path, split: str, seed: int, config: WorldConfig, files: 
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     make = functools.partial(_image_item, root, split, seed, config, render=render)
     n = config.split_size(split)
-    if pool is not None and render:
-        items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8)))
-    else:
-        items = map(make, range(n))
+    items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool is not None else map(make, range(n))
     entries, questions, annotations = [], [], []
     for rel, digest, entry, qs, ans in tqdm(items, total=n, desc=f"world {split}", disable=not progress, leave=False):
         faults.checkpoint("world-file")  # here, in the process that runs the suite, not in a render worker
@@ -155,12 +152,17 @@ def render_deferred(world_dir: str | Path, split: str, progress: bool = False, w
     return True
 
 
-def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], progress: bool) -> int:
-    texts: list[str] = []
-    for i in tqdm(range(config.n_corpus), desc="world corpus", disable=not progress, leave=False):
-        rng = item_rng(seed, "corpus", i)
-        caps, _ = scene_captions(sample_scene(rng, config), rng, config.captions_per_image)
-        texts.extend(caps)
+def _corpus_item(seed: int, config: WorldConfig, i: int) -> list[str]:
+    rng = item_rng(seed, "corpus", i)
+    return scene_captions(sample_scene(rng, config), rng, config.captions_per_image)[0]
+
+
+def _corpus(root: Path, seed: int, config: WorldConfig, files: dict[str, str], progress: bool,
+            pool: Any = None) -> int:
+    make = functools.partial(_corpus_item, seed, config)
+    n = config.n_corpus
+    items = pool.map(make, range(n), chunksize=max(1, min(256, n // 8))) if pool is not None else map(make, range(n))
+    texts = [t for caps in tqdm(items, total=n, desc="world corpus", disable=not progress, leave=False) for t in caps]
     _write(root, "corpus_train.json", dumps_json(texts).encode(), files)
     return len(texts)
 
@@ -209,9 +211,9 @@ def generate_world(out_dir: str | Path, seed: int = 0, config: WorldConfig | Non
     with _pool(workers or cpu_cores()) as pool:
         sizes = {split: len(_image_split(tmp, split, seed, config, files, progress, pool, split not in defer))
                  for split in ("clip", "val", "test")}
+        sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress, pool)
     for split in defer:
         atomic_write_json(tmp / "images" / split / DEFERRED_MARKER, {"seed": seed, "config": config.to_dict()})
-    sizes["corpus_captions"] = _corpus(tmp, seed, config, files, progress)
     manifest = {"name": WORLD_NAME, "version": WORLD_VERSION, "seed": seed, "config": config.to_dict(),
                 "sizes": sizes, "deferred_images": sorted(defer), "files": dict(sorted(files.items())),
                 "hash": sha256_bytes(dumps_json(dict(sorted(files.items()))).encode())}
