@@ -146,10 +146,19 @@ class Suite:
         raise UserError(f"suite {self.name!r} has no task entry {name!r} (has: {', '.join(t.name for t in self.tasks)})")
 
     def run_config(self, entry: TaskSpec, method: str, backbone: str, seeds: SeedPair) -> dict[str, Any]:
-        """Everything that determines a run's numbers; its hash decides whether a result can be reused."""
-        return {"task": entry.task, "entry": entry.name, "method": method, "backbone": backbone,
-                "dataset": entry.dataset.as_config(), "params": entry.params_for(method),
-                "seeds": {"train": seeds.train, "eval": seeds.eval}}
+        """Everything that determines a run's numbers; its hash decides whether a result can be reused.
+
+        A registered captioning method enters with its definition, so a result made before the method
+        changed (e.g. CapDec fine-tuning its LM) is never taken for one of the method as it is now.
+        """
+        from maccap.methods import METHODS
+
+        config = {"task": entry.task, "entry": entry.name, "method": method, "backbone": backbone,
+                  "dataset": entry.dataset.as_config(), "params": entry.params_for(method),
+                  "seeds": {"train": seeds.train, "eval": seeds.eval}}
+        if method in METHODS:
+            config["method_definition"] = METHODS.get(method).to_dict()
+        return config
 
     def config_hash(self, entry: TaskSpec, method: str, backbone: str, seeds: SeedPair) -> str:
         return hash_config(self.run_config(entry, method, backbone, seeds))

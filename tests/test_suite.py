@@ -45,6 +45,20 @@ def test_valid_suite_parses_with_pairs_and_merged_params(tmp_path: Path) -> None
     assert c1 != s.config_hash(entry, "capdec", "qs-rn", s.seeds[0])
 
 
+def test_a_changed_method_definition_changes_the_run_hash(tmp_path: Path, monkeypatch) -> None:
+    """A result of CapDec as it was defined before is not reused for CapDec as it is now."""
+    import dataclasses
+
+    from maccap.methods import METHODS
+
+    s = load_suite(_write(tmp_path, _base()))
+    entry = s.tasks[0]
+    before = s.config_hash(entry, "capdec", "qs-rn", s.seeds[0])
+    old = METHODS.get("capdec")
+    monkeypatch.setitem(METHODS._items, "capdec", dataclasses.replace(old, finetune_lm=not old.finetune_lm))
+    assert s.config_hash(entry, "capdec", "qs-rn", s.seeds[0]) != before
+
+
 def test_entry_seeds_select_a_subset_of_the_seed_pairs(tmp_path: Path) -> None:
     d = _base()
     d["tasks"].append({"task": "gap", "seeds": [1]})
