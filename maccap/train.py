@@ -1,4 +1,5 @@
-"""Text-only training of the bridge (aligner or prefix MLP) in front of a frozen causal LM.
+"""Text-only training of the bridge (aligner or prefix MLP) in front of a causal LM: frozen, or for
+methods with `finetune_lm` (CapDec, DeCap) a copy of it trained with the bridge.
 
 Text features come precomputed (the feature cache); each step builds the memory from them (copies
 plus noise, renormalised), maps it to a prefix, and trains on next-token cross entropy over the

@@ -32,7 +32,7 @@ from typing import Any
 from benchmark.store import TaskOutput
 from benchmark.tasks import ARTEFACTS, TASKS, RunContext
 from maccap.errors import UserError
-from maccap.io import read_json, sha256_file
+from maccap.io import sha256_file
 
 log = logging.getLogger(__name__)
 
