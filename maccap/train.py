@@ -341,6 +341,8 @@ def fit(captioner: Captioner, text_feats: torch.Tensor, captions: Sequence[str],
         if ckpt is not None and main:
             save_checkpoint(ckpt, epoch, files, opt, sched, gen, step, history)
             faults.checkpoint("captioner-epoch")
+        if ckpt is not None and dist is not None:
+            dist.barrier()  # no rank looks for the checkpoint (a resume) before rank 0 has written it
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     bridge.eval()
