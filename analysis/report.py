@@ -198,6 +198,18 @@ def _region_boxes(item: dict[str, Any]) -> list[tuple[float, float, float, float
     return boxes
 
 
+def _region_note(item: dict[str, Any], drawn: bool) -> str | None:
+    """What the boxes on a card are, or the selection as numbers where it cannot be drawn."""
+    boxes, idx = _region_boxes(item), _region_indices(item)
+    if drawn and boxes and item.get("best_box_kind"):
+        return f"best crop for this caption: {item['best_box_kind']}"
+    if drawn and boxes and idx:
+        cls = ", and the CLS token" if 0 in idx else ""
+        patches = item["grid"] ** 2 if item.get("grid") else item["n_tokens"] - 1
+        return f"{len(boxes)} of {patches} patch tokens selected{cls}"
+    return f"selected tokens: {idx} (token grid unknown: not drawn)" if idx else None
+
+
 def _draw(path: Path, boxes: list[tuple[float, float, float, float]], size: int = 192) -> bytes:
     from PIL import Image, ImageDraw
 
@@ -252,9 +264,8 @@ def caption_examples(results: Sequence[dict[str, Any]], out_dir: Path) -> list[d
                 png = _draw(img, _region_boxes(it))
                 atomic_write_bytes(out_dir / slug(task) / slug(method) / f"example{k}.png", png)
             cands, chosen = _candidates(it)
-            boxes_drawn = png is not None and bool(_region_boxes(it))
             shown.append({"png": png, "caption": it.get("caption") or it.get("prediction") or "",
-                          "regions": None if boxes_drawn else _region_indices(it),
+                          "regions": _region_note(it, drawn=png is not None),
                           "candidates": cands, "chosen": chosen,
                           "references": it.get("references") or it.get("refs") or [],
                           "name": str(it.get("image_name") or it.get("image_id") or k)})
@@ -304,6 +315,14 @@ def _df_html(df: pd.DataFrame, cls: str = "sortable", max_rows: int = 500) -> st
     return f"<div class='scroll'><table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>{more}"
 
 
+def _md_cells(row: str) -> list[str]:
+    """Cells of a pipe-table row; an escaped `\\|` is a pipe inside a cell (a norm ||d||, say)."""
+    cells = re.split(r"(?<!\\)\|", row.strip())[1:]
+    if cells and not cells[-1].strip():
+        cells = cells[:-1]
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
 def markdown_to_html(text: str, images: dict[str, str] | None = None, used: set[str] | None = None) -> str:
     """A small Markdown subset (headings, pipe tables, lists, paragraphs, code, bold, images).
 
@@ -331,7 +350,7 @@ def markdown_to_html(text: str, images: dict[str, str] | None = None, used: set[
         elif line.strip().startswith("|"):
             rows = []
             while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                rows.append(_md_cells(lines[i]))
                 i += 1
             rows = [r for r in rows if not all(re.fullmatch(r":?-{2,}:?", c) for c in r if c)]
             if rows:
@@ -409,8 +428,7 @@ def _examples_html(examples: list[dict[str, Any]]) -> str:
                 f"<li class='{'chosen' if j == it['chosen'] else ''}'>{html.escape(t)}"
                 f"{'' if s is None else f' <span class=score>{s:.3f}</span>'}</li>" for j, (t, s) in enumerate(it["candidates"]))
             refs = "".join(f"<li>{html.escape(str(r))}</li>" for r in it["references"][:3])
-            regions = (f"<p class='note'>selected tokens: {html.escape(str(it['regions']))} (grid unknown: not drawn)</p>"
-                       if it.get("regions") else "")
+            regions = f"<p class='note'>{html.escape(it['regions'])}</p>" if it.get("regions") else ""
             cards.append(f"<div class='card'>{img}{regions}<p class='cap'>{html.escape(str(it['caption']))}</p>"
                          f"<ol class='cands'>{cands}</ol><p class='note'>references</p><ul class='refs'>{refs}</ul></div>")
         parts.append(f"<details open><summary>{html.escape(ex['task'])} / {html.escape(ex['method'])} "

@@ -25,6 +25,13 @@ _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 _STARTED = time.time()  # a temp file of our own pid older than this came from an earlier process
 
 
+def _file_mode() -> int:
+    """The mode open() would give a new file: mkstemp's 0600 would hide reports from a web server."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
@@ -40,6 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, _file_mode())
         faults.checkpoint("atomic-replace")
         os.replace(tmp_path, path)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -97,7 +98,27 @@ def test_markdown_and_tex_helpers() -> None:
     assert "<h3>Title</h3>" in h and "<code>x</code>" in h and "<b>b</b>" in h
     assert "<th>a</th>" in h and "<td>2</td>" in h and "<li>j</li>" in h
     assert "&lt;script&gt;" in markdown_to_html("<script>alert(1)</script>")
+    # an escaped pipe is part of its cell, as the gap note's norms are: the row keeps its three cells
+    h = markdown_to_html("| q | v | why |\n|---|---|---|\n| gap \\|\\|m\\|\\| | 0.5 | far |\n| x | | empty |\n")
+    assert "<td>gap ||m||</td><td>0.5</td><td>far</td>" in h and "<td>x</td><td></td><td>empty</td>" in h
     assert tex_escape("a_b & 50% Δ") == r"a\_b \& 50\% $\Delta$"
+
+
+def test_selected_regions_are_drawn_where_their_tokens_are(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from analysis.report import _draw, _region_boxes, _region_note
+
+    Image.new("RGB", (30, 30), "white").save(tmp_path / "w.png")
+    item = {"region_indices": [0, 9], "n_tokens": 10}  # the CLS token and the last patch of a 3x3 grid
+    boxes = _region_boxes(item)
+    assert boxes == [pytest.approx((2 / 3, 2 / 3, 1.0, 1.0))]
+    assert _region_note(item, drawn=True) == "1 of 9 patch tokens selected, and the CLS token"
+    png = Image.open(io.BytesIO(_draw(tmp_path / "w.png", boxes, size=192))).convert("RGB")
+    assert png.getpixel((128, 150)) == (255, 0, 0) and png.getpixel((60, 60)) == png.getpixel((150, 150)) == (255, 255, 255)
+    assert "not drawn" in _region_note({"region_indices": [3]}, drawn=True)  # no grid: the numbers, not a guess
+    crop = {"region_boxes": [[0.0, 0.0, 0.5, 0.5]], "best_box_kind": "grid2"}
+    assert _region_boxes(crop) == [(0.0, 0.0, 0.5, 0.5)] and "grid2" in _region_note(crop, drawn=True)
 
 
 def test_report_cli(report: Path, tmp_path: Path) -> None:

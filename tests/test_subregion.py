@@ -176,4 +176,10 @@ def test_commands_write_results_figures_and_markdown(tmp_path, tiny_world, tiny_
         assert "win_rate_partial.grid2" in m and result["counts"]["partial_captions"] == partial
         assert not figures or (path.parent / "subregion_image_grid.png").is_file()
         assert "Subregion proximity" in (path.parent / "subregion.md").read_text()
-        assert len((path.parent / "items.jsonl").read_text().splitlines()) == sum(len(r.captions) for r in records[:8])
+        items = [json.loads(line) for line in (path.parent / "items.jsonl").read_text().splitlines()]
+        assert len(items) == sum(len(r.captions) for r in records[:8])
+        first = items[0]  # what the report draws: the best box crop of the caption, on its image
+        assert first["image_name"] == records[0].image_name and first["best_box_kind"] in ("grid2", "grid3", "slide50", "slide67")
+        (box,) = first["region_boxes"]
+        assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+        assert first[f"best.{first['best_box_kind']}"] == max(first[f"best.{k}"] for k in ("grid2", "grid3", "slide50", "slide67"))

@@ -146,7 +146,9 @@ def run_caption(ctx: RunContext) -> TaskOutput:
         image_id = e.get("image_id", names[i])
         items.append({"image_id": image_id, "image_name": names[i], "caption": r.caption,
                       "candidates": [{"caption": c, "clip_similarity": s} for c, s in zip(r.candidates, r.scores)],
-                      "selected": r.selected, "region_indices": r.region_indices, "eval_seed": ctx.eval_seed,
+                      "selected": r.selected, "region_indices": r.region_indices,
+                      "n_tokens": int(toks.tokens.shape[1]) if r.region_indices is not None else None,
+                      "eval_seed": ctx.eval_seed,
                       "train_seed": ctx.train_seed,
                       "scores": {k: v[names[i]] for k, v in per_item.items() if names[i] in v}})
         coco.append({"image_id": image_id, "caption": r.caption})

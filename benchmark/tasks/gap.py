@@ -257,14 +257,21 @@ def _subregion_figures(study: dict[str, Any], feats: S.SubregionFeatures, txt: n
 
 def _subregion_items(study: dict[str, Any], feats: S.SubregionFeatures, txt: np.ndarray, owner: np.ndarray,
                      records: Sequence[Any], texts: list[str]) -> list[dict[str, Any]]:
+    """One row per caption; `region_boxes` is the best box crop (any grid or window), for the report to draw."""
     items = []
     per_kind = {k: S.pair_scores(feats.whole, c, txt, owner) for k, c in feats.crops.items()}
+    box_kinds = [k for k in per_kind if k in feats.boxes]
     for j in range(len(texts)):
         rec = records[owner[j]]
-        row: dict[str, Any] = {"image_id": _field(rec, "image_id", int(owner[j])), "caption": texts[j],
+        row: dict[str, Any] = {"image_id": _field(rec, "image_id", int(owner[j])),
+                               "image_name": _field(rec, "image_name"), "caption": texts[j],
                                "whole": float(next(iter(per_kind.values())).whole[j]) if per_kind else None}
         for k, s in per_kind.items():
             row[f"best.{k}"] = float(s.best[j])
             row[f"best_index.{k}"] = int(s.best_index[j])
+        if box_kinds:
+            kind = max(box_kinds, key=lambda k: per_kind[k].best[j])
+            row["best_box_kind"] = kind
+            row["region_boxes"] = [list(feats.boxes[kind][int(per_kind[kind].best_index[j])])]
         items.append(row)
     return items
