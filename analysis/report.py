@@ -428,9 +428,10 @@ def _examples_html(examples: list[dict[str, Any]]) -> str:
                 f"<li class='{'chosen' if j == it['chosen'] else ''}'>{html.escape(t)}"
                 f"{'' if s is None else f' <span class=score>{s:.3f}</span>'}</li>" for j, (t, s) in enumerate(it["candidates"]))
             refs = "".join(f"<li>{html.escape(str(r))}</li>" for r in it["references"][:3])
+            refs = f"<p class='note'>references</p><ul class='refs'>{refs}</ul>" if refs else ""
             regions = f"<p class='note'>{html.escape(it['regions'])}</p>" if it.get("regions") else ""
             cards.append(f"<div class='card'>{img}{regions}<p class='cap'>{html.escape(str(it['caption']))}</p>"
-                         f"<ol class='cands'>{cands}</ol><p class='note'>references</p><ul class='refs'>{refs}</ul></div>")
+                         f"<ol class='cands'>{cands}</ol>{refs}</div>")
         parts.append(f"<details open><summary>{html.escape(ex['task'])} / {html.escape(ex['method'])} "
                      f"({html.escape(ex['run_id'])})</summary><div class='cards'>{''.join(cards)}</div></details>")
     return "".join(parts)

@@ -185,7 +185,8 @@ def test_caption_task_end_to_end(tmp_path):
         out = run_caption(ctx)
         assert "CIDEr-D" in out.metrics and "CLIP-S" in out.metrics and out.counts["images"] == 4
         assert len(out.items) == 4 and out.items[0]["image_id"] == 100
-        it = out.items[0]  # the report draws MacCap's selected tokens on the token grid
+        it = out.items[0]  # the report shows the references and draws MacCap's selected tokens on the token grid
+        assert it["references"] and all(isinstance(r, str) for r in it["references"])
         if method == "maccap":
             patches = it["n_tokens"] - 1
             assert round(patches ** 0.5) ** 2 == patches and 0 <= min(it["region_indices"]) <= max(it["region_indices"]) <= patches

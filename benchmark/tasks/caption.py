@@ -144,7 +144,7 @@ def run_caption(ctx: RunContext) -> TaskOutput:
     for i, r in enumerate(results):
         e = by_name[names[i]]
         image_id = e.get("image_id", names[i])
-        items.append({"image_id": image_id, "image_name": names[i], "caption": r.caption,
+        items.append({"image_id": image_id, "image_name": names[i], "caption": r.caption, "references": refs[names[i]],
                       "candidates": [{"caption": c, "clip_similarity": s} for c, s in zip(r.candidates, r.scores)],
                       "selected": r.selected, "region_indices": r.region_indices,
                       "n_tokens": int(toks.tokens.shape[1]) if r.region_indices is not None else None,
