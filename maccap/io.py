@@ -25,11 +25,14 @@ _TEMP_RE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
 _STARTED = time.time()  # a temp file of our own pid older than this came from an earlier process
 
 
-def _file_mode() -> int:
-    """The mode open() would give a new file: mkstemp's 0600 would hide reports from a web server."""
+def _new_file_mode() -> int:
+    """The mode open() gives a new file; read once at import, since reading the umask means setting it."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+_FILE_MODE = _new_file_mode()  # written files get it, not mkstemp's 0600 (which would hide a served report)
 
 
 @contextlib.contextmanager
@@ -47,7 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, _file_mode())
+        os.chmod(tmp_path, _FILE_MODE)
         faults.checkpoint("atomic-replace")
         os.replace(tmp_path, path)
     except BaseException:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import numpy as np
 import pytest
@@ -29,13 +28,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
     """A temp file is created 0600; the finished file must not keep that (a served report would 403)."""
-    old = os.umask(0o022)
-    try:
-        atomic_write_json(tmp_path / "a.json", {})
-        (tmp_path / "b.json").write_text("{}")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644
+    atomic_write_json(tmp_path / "a.json", {})
+    (tmp_path / "b.json").write_text("{}")
+    mode = stat.S_IMODE((tmp_path / "b.json").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode  # 0644 under the usual umask, not 0600
 
 
 def test_atomic_write_unwritable_dir_is_user_error(tmp_path, monkeypatch):
