@@ -12,8 +12,8 @@ from maccap.data import (load_corpus, load_image, load_karpathy, load_split, loa
                          validate_data_dir, verify_manifest)
 from maccap.errors import UserError
 from maccap.world import WorldConfig, ensure_world
+from realdata import SHARED, needs_shared
 
-KARPATHY = "../shared/data/karpathy/mscoco_test.json"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,8 @@ def test_missing_split_names_what_exists(world):
         load_split(world, "train")
 
 
+@needs_shared
 def test_reference_karpathy_file():
-    s = load_karpathy(KARPATHY, split="test")
+    s = load_karpathy(SHARED / "mscoco_test.json", split="test")
     assert len(s) == 5000 and sum(len(r.captions) for r in s.records) == 25010
     assert s.records[0].image_id == 391895

@@ -20,9 +20,9 @@ from benchmark.runner import plan_suite
 from benchmark.store import read_result
 from benchmark.suite import load_suite
 from maccap.errors import UserError
-from realdata import SHARED, build_raw, tiny_overrides
+from realdata import SHARED, build_raw, needs_shared, tiny_overrides
 
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/karpathy (real reference captions)")
+pytestmark = needs_shared
 PAPER_SUITES = ("coco", "flickr30k", "cross-domain", "vqav2")
 
 

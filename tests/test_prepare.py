@@ -15,8 +15,8 @@ from maccap.datasets.karpathy import image_id_from_name, normalise_caption, read
 from maccap.datasets.prepare import prepare_coco, prepare_flickr30k, prepare_vqav2
 from maccap.errors import UserError
 from maccap.io import sha256_file
+from realdata import SHARED, needs_shared
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "karpathy"
 LEAK = "A man riding a wave on top of a surfboard."
 
 
@@ -114,6 +114,7 @@ def test_cc3m_corpus_and_leak_from_it(tmp_path):
     assert rep.corpus_sources == {"cc3m": 3} and rep.leaks.found == 1
 
 
+@needs_shared
 def test_reference_layout_slice_from_shared(tmp_path):
     ref = json.loads((SHARED / "mscoco_test.json").read_text())[:3]
     val = json.loads((SHARED / "mscoco_val.json").read_text())[:2]
@@ -138,6 +139,7 @@ def test_karpathy_plus_reference_overlap_is_merged(tmp_path):
     assert rep.splits["test"]["images"] == 2
 
 
+@needs_shared
 def test_flickr_reference_slice_without_file_path(tmp_path):
     ref = json.loads((SHARED / "flickr30k_test.json").read_text())[:2]
     (tmp_path / "f.json").write_text(json.dumps(ref))
@@ -371,6 +373,7 @@ def test_prepared_directory_passes_the_project_validator(tmp_path):
     assert any("captions_val.json: checksum mismatch" in p for p in validate_data_dir(out, check_images=False))
 
 
+@needs_shared
 def test_evaluation_only_directory_is_flagged_by_the_validator(tmp_path):
     from maccap.data import validate_data_dir
 
