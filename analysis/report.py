@@ -438,7 +438,8 @@ def _examples_html(examples: list[dict[str, Any]]) -> str:
 
 
 def _provenance(results: Sequence[dict[str, Any]]) -> tuple[str, pd.DataFrame]:
-    commits = sorted({str(r["provenance"].get("git_commit")) for r in results})
+    commits = sorted({str(r["provenance"].get("git_commit")) + (" with uncommitted changes" if r["provenance"].get("git_dirty") else "")
+                      for r in results})
     versions: dict[str, set[str]] = {}
     for r in results:
         for k, v in (r["provenance"].get("versions") or {}).items():
@@ -449,7 +450,8 @@ def _provenance(results: Sequence[dict[str, Any]]) -> tuple[str, pd.DataFrame]:
     runs = pd.DataFrame([{"run_id": r["run_id"], "status": r["status"], "train_seed": r["seeds"].get("train"),
                           "eval_seed": r["seeds"].get("eval"), "config_hash": r["config_hash"],
                           "total_s": (r.get("timings") or {}).get("total_s"), "created": r["provenance"].get("created"),
-                          "git": (r["provenance"].get("git_commit") or "")[:10]} for r in results])
+                          "git": (r["provenance"].get("git_commit") or "")[:10] + ("+" if r["provenance"].get("git_dirty") else "")}
+                         for r in results])
     return head, runs
 
 

@@ -72,13 +72,26 @@ class TaskOutput:
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> file name inside the run dir
 
 
-def git_commit() -> str | None:
+_HERE = Path(__file__).resolve().parent
+
+
+def _git(*args: str, cwd: Path = _HERE) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(cwd: Path = _HERE) -> str | None:
+    out = _git("rev-parse", "HEAD", cwd=cwd)
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty(cwd: Path = _HERE) -> bool | None:
+    """Whether tracked files differ from the commit: a result made so is not reproducible from it alone."""
+    out = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return bool(out.strip()) if out is not None else None
 
 
 def library_versions() -> dict[str, str | None]:
@@ -118,6 +131,7 @@ def build_result(key: RunKey, dataset: str, config: dict[str, Any], seeds: dict[
         "provenance": {
             "runner": runner or {},
             "git_commit": git_commit(),
+            "git_dirty": git_dirty(),
             "versions": library_versions(),
             "data_checksums": out.data_checksums,
             "weights": out.weights,

@@ -127,6 +127,9 @@ _add(MethodConfig("decap", "DeCap: decoder (LM + one-token prefix MLP) trained o
 _add(MethodConfig("capdec-frozen-lm", "CapDec ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's",
                   prefix="mlp", train_memory_tokens=1, test_memory="cls", test_noise_variance=0.0, n_candidates=1,
                   rerank=False))
+_add(MethodConfig("decap-frozen-lm", "DeCap ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's",
+                  prefix="mlp", train_memory_tokens=1, train_noise_variance=0.0, test_memory="decap-projection",
+                  test_noise_variance=0.0, n_candidates=1, rerank=False))
 _add(MethodConfig("maccap-finetune-lm", "MacCap ablation: the LM is fine-tuned with the aligner, as CapDec's",
                   finetune_lm=True))
 _add(MethodConfig("maccap-no-noise", "MacCap ablation: no noise in training or at test (one candidate)",

@@ -34,6 +34,26 @@ def test_atomic_write_gives_the_mode_a_plain_open_would(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode  # 0644 under the usual umask, not 0600
 
 
+def test_provenance_says_when_the_code_differs_from_its_commit(tmp_path):
+    import subprocess
+
+    from benchmark.store import git_commit, git_dirty
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "c")
+    (tmp_path / "notes.txt").write_text("untracked files do not make results irreproducible")
+    assert len(git_commit(tmp_path)) == 40 and git_dirty(tmp_path) is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True
+    assert git_dirty(tmp_path / "nowhere") is None  # no repository: unknown, not clean
+
+
 def test_atomic_write_unwritable_dir_is_user_error(tmp_path, monkeypatch):
     """Permission bits do not stop root, so the refusal is simulated where the OS would raise it."""
 
@@ -114,6 +134,7 @@ def test_result_round_trip_and_resume(tmp_path):
     assert back["seeds"] == {"train": 0, "eval": 100}
     assert back["skipped_metrics"]["SPICE"] == "jars missing"
     assert back["artifacts"]["items"] == "items.jsonl"
+    assert back["provenance"]["git_dirty"] in (True, False, None)  # None only outside a git checkout
     assert is_complete(run_dir, res["config_hash"])
     assert not is_complete(run_dir, "other-hash")
     assert [r["run_id"] for r in iter_results(tmp_path)] == [key.run_id]

@@ -242,6 +242,13 @@ def test_cli_train_and_eval(tmp_path):
     assert r.exit_code != 0 and "unknown method" in str(r.exception)
 
 
+@pytest.mark.parametrize("base,ablation", [("capdec", "capdec-frozen-lm"), ("decap", "decap-frozen-lm"),
+                                           ("maccap", "maccap-finetune-lm")])
+def test_lm_recipe_ablations_change_nothing_but_the_lm_recipe(base, ablation):
+    a, b = get_method(base).to_dict(), get_method(ablation).to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"name", "description", "finetune_lm"}
+
+
 def test_finetune_lm_trains_a_copy_of_the_lm_and_the_frozen_variant_does_not(lm):
     import copy
 
@@ -250,7 +257,7 @@ def test_finetune_lm_trains_a_copy_of_the_lm_and_the_frozen_variant_does_not(lm)
                       aligner=AlignerConfig(n_queries=2, n_layers=1, n_heads=2, ffn_dim=16, dropout=0.0))
     feats = torch.nn.functional.normalize(torch.randn(len(CAPS), 16), dim=-1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for name, tunes in (("capdec", True), ("capdec-frozen-lm", False)):
+    for name, tunes in (("capdec", True), ("capdec-frozen-lm", False), ("decap", True), ("decap-frozen-lm", False)):
         method = get_method(name)
         own = copy.deepcopy(model).requires_grad_(True) if tunes else model  # as train_or_load does
         cap = new_captioner(method, own, tok, 16, cfg, train_seed=0)
