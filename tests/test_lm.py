@@ -146,13 +146,30 @@ def test_a_shipped_lm_with_the_same_key_is_used_and_a_damaged_one_is_not(tmp_pat
         L.train_quickstart_lm(CORPUS, tmp_path / "cache", cfg)
 
 
+def _caption_nll(directory, texts) -> float:
+    """Mean next-token NLL of BOS + text + EOS, the plain captioning form of the LM's input."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(directory), AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids, lengths = encode_captions(tok, texts, 40)
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+    target, keep = ids[:, 1:], mask[:, 1:].bool()
+    return float(-logp.gather(-1, target[..., None])[..., 0][keep].mean())
+
+
 @pytest.mark.slow
 def test_the_shipped_quickstart_lm_is_what_training_gives(tmp_path):
-    """The suites' shipped LM: the default world's corpus maps to its key, and retraining it (one thread,
-    as the suite's worker did) writes the same weights."""
-    import json
+    """The suites' shipped LM: the default world's corpus maps to its key, and retraining it gives the
+    same tokenizer and an equally good LM.
 
+    Not the same bytes: another CPU (or thread count) changes the last bits of the sums, and 800 Adam
+    steps carry that into weights up to ~20% apart. Measured on the test split's captions (templated: half
+    of them occur verbatim in the corpus): NLL 1.14582 shipped against 1.14593 retrained on another machine.
+    """
     import maccap.lm as L
+    from maccap.data import load_split
     from maccap.io import sha256_file
     from maccap.lm_corpus import lm_pretraining_corpus
     from maccap.world import WorldConfig, ensure_world
@@ -163,7 +180,10 @@ def test_the_shipped_quickstart_lm_is_what_training_gives(tmp_path):
     texts, contexts = lm_pretraining_corpus(world, cfg.seed, cfg.qa_texts, max_tokens=cfg.max_len - 2)
     path = L.train_quickstart_lm(texts, tmp_path / "cache", cfg, contexts=contexts)
     assert path.parent == L.SHIPPED_DIR, "the default world's corpus no longer maps to the shipped LM's key"
-    shipped = json.loads((path / "DONE").read_text())["model.safetensors"]
     again = tmp_path / "again"
     L._train_quickstart_lm(texts, contexts, again, cfg, progress=False)
-    assert sha256_file(again / "model.safetensors") == shipped
+    for name in ("tokenizer.json", "config.json"):
+        assert sha256_file(again / name) == sha256_file(path / name), name
+    test_caps = [c for r in load_split(world, "test").records for c in r.captions][:2000]
+    shipped, retrained = _caption_nll(path, test_caps), _caption_nll(again, test_caps)
+    assert shipped < 2.0 and abs(retrained - shipped) < 0.005 * shipped, (shipped, retrained)
