@@ -124,12 +124,9 @@ _add(MethodConfig("decap", "DeCap: decoder (LM + one-token prefix MLP) trained o
                   "image feature is projected onto the training captions' text features (softmax(sim/0.01))",
                   prefix="mlp", train_memory_tokens=1, finetune_lm=True, train_noise_variance=0.0,
                   test_memory="decap-projection", test_noise_variance=0.0, n_candidates=1, rerank=False))
-_add(MethodConfig("capdec-frozen-lm", "CapDec ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's",
-                  prefix="mlp", train_memory_tokens=1, test_memory="cls", test_noise_variance=0.0, n_candidates=1,
-                  rerank=False))
-_add(MethodConfig("decap-frozen-lm", "DeCap ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's",
-                  prefix="mlp", train_memory_tokens=1, train_noise_variance=0.0, test_memory="decap-projection",
-                  test_noise_variance=0.0, n_candidates=1, rerank=False))
+for _base, _label in (("capdec", "CapDec"), ("decap", "DeCap")):  # the baseline with MacCap's LM recipe
+    _add(replace(METHODS.get(_base), name=f"{_base}-frozen-lm", finetune_lm=False,
+                 description=f"{_label} ablation: the LM stays frozen (only the prefix MLP trains), as MacCap's"))
 _add(MethodConfig("maccap-finetune-lm", "MacCap ablation: the LM is fine-tuned with the aligner, as CapDec's",
                   finetune_lm=True))
 _add(MethodConfig("maccap-no-noise", "MacCap ablation: no noise in training or at test (one candidate)",
